@@ -20,3 +20,5 @@ def models_root(tmp_path: Path) -> Path:
     root = tmp_path / "models"
     root.mkdir()
     return root
+
+from standin_fixtures import *  # noqa: E402, F403  (small_regression, small_diffusion, standin_full)

@@ -1,4 +1,4 @@
-"""ONNX Runtime engine (the CPU backend, and the reference the TensorRT engine is checked against)."""
+"""ONNX Runtime engine: the CPU backend, and the reference TensorRT engines are checked against."""
 
 from __future__ import annotations
 
@@ -55,4 +55,4 @@ class OnnxRuntimeEngine:
 
     def close(self) -> None:
         # Dropping the session frees its arena; keep the object usable for introspection.
-        self._session = None  # type: ignore[assignment]
+        self._session = None
