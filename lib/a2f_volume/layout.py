@@ -19,6 +19,8 @@
         locks/<model>.build.lock        one builder per model at a time (engine-builder)
         timing-cache/<target>.cache     TensorRT timing caches, per target (engine-builder)
         hash-cache.json                 content hashes keyed by file identity
+        engines/<onnx-sha>-<target-fp>.<ext>   content-addressed engine cache (engine-builder),
+                                        hardlinked/copied into version folders, + its record
 
 Names that start with a dot are never model folders. Temporary files are named by
 :func:`temp_name` and recognised (with other tools' temp names) by :func:`is_temp_name`.
@@ -45,6 +47,7 @@ STAGING_DIR = "staging"
 LOCKS_DIR = "locks"
 TIMING_CACHE_DIR = "timing-cache"
 HASH_CACHE = "hash-cache.json"
+ENGINES_DIR = "engines"
 
 BACKEND_TENSORRT = "tensorrt"
 BACKEND_ONNXRUNTIME = "onnxruntime"
@@ -95,6 +98,24 @@ def timing_cache_dir(models_root: str | os.PathLike[str]) -> Path:
 
 def hash_cache_path(models_root: str | os.PathLike[str]) -> Path:
     return state_dir(models_root) / HASH_CACHE
+
+
+def engines_dir(models_root: str | os.PathLike[str]) -> Path:
+    """Content-addressed engine cache shared by every version of every model."""
+    return state_dir(models_root) / ENGINES_DIR
+
+
+def build_lock_path(models_root: str | os.PathLike[str], model: str) -> Path:
+    """``.a2f/locks/<model>.build.lock``: one builder per model at a time."""
+    return locks_dir(models_root) / f"{model}.build.lock"
+
+
+def cached_engine_path(
+    models_root: str | os.PathLike[str], onnx_sha256: str, target_fingerprint: str, backend: str
+) -> Path:
+    """``.a2f/engines/<onnx-sha>-<target-fp>.<ext>`` (ext ``trt`` or ``ort``)."""
+    ext = ModelPaths(Path(".")).engine(backend).suffix
+    return engines_dir(models_root) / f"{onnx_sha256}-{target_fingerprint}{ext}"
 
 
 def is_model_name(name: str) -> bool:

@@ -1,0 +1,113 @@
+"""Configuration of the engine-builder: one typed dataclass, every field also an env var."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from a2f_engine.targets import PRECISIONS
+
+ENV_PREFIX = "A2F_ENGINE_BUILDER_"
+BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime")
+_FALSE = {"", "0", "false", "no", "off", "n"}
+
+
+def env_flag(value: str | None) -> bool:
+    """The seed's flags (``SKIP_TRT_BUILD``, ``FORCE_TRT_REBUILD``): set and not false-ish."""
+    if value is None:
+        return False
+    return value.strip().lower() not in _FALSE
+
+
+@dataclass
+class BuilderConfig:
+    """Settings of ``a2f-engine-builder``.
+
+    models_root: the volume (``A2F_MODEL_DATA_PATH``, default ``/data/models``).
+    backend: ``auto`` (TensorRT when it imports and a GPU is visible, else ONNX Runtime),
+        ``tensorrt`` or ``onnxruntime``. Default ``auto``.
+    precision: ``fp32`` (default, as NVIDIA's trtexec invocation) or ``fp16`` (TensorRT only).
+    once: build what is missing or stale, then exit (init-container mode). Default False.
+    skip_build: the seed's ``SKIP_TRT_BUILD``: build nothing, only report. Default False.
+    force_rebuild: the seed's ``FORCE_TRT_REBUILD``: rebuild every model once at start,
+        ignoring valid engines and the engine cache. Default False.
+    poll_interval_s: period of the full volume rescan (always on; the only change detection
+        when inotify is unavailable or disabled). Default 30.
+    inotify: use inotify (watchdog) for prompt wake-ups. Default True.
+    debounce_s: quiet time after a change before acting. Default 2.
+    backoff_initial_s / backoff_max_s: retry delay after a failed build, doubled per
+        consecutive failure of the same model. Defaults 10 / 600.
+    metrics_port: Prometheus metrics port (0 disables). Default 9102.
+    metrics_host: bind address for metrics. Default ``0.0.0.0``.
+    ort_threads: ONNX Runtime intra-op threads for build and verification (0 = all cores).
+    log_level: ``INFO`` by default.
+    """
+
+    models_root: Path = Path("/data/models")
+    backend: str = "auto"
+    precision: str = "fp32"
+    once: bool = False
+    skip_build: bool = False
+    force_rebuild: bool = False
+    poll_interval_s: float = 30.0
+    inotify: bool = True
+    debounce_s: float = 2.0
+    backoff_initial_s: float = 10.0
+    backoff_max_s: float = 600.0
+    metrics_port: int = 9102
+    metrics_host: str = "0.0.0.0"
+    ort_threads: int = 0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        self.models_root = Path(self.models_root)
+        if self.backend not in BACKEND_CHOICES:
+            raise ValueError(f"backend {self.backend!r}: expected one of {BACKEND_CHOICES}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}: expected one of {PRECISIONS}")
+        for name in ("poll_interval_s", "backoff_initial_s", "backoff_max_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.debounce_s < 0:
+            raise ValueError(f"debounce_s must be >= 0, got {self.debounce_s}")
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be >= backoff_initial_s")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port {self.metrics_port} is not a TCP port (0 disables)")
+        if self.ort_threads < 0:
+            raise ValueError(f"ort_threads must be >= 0, got {self.ort_threads}")
+
+    @classmethod
+    def env_name(cls, field_name: str) -> str:
+        return ENV_PREFIX + field_name.upper()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> BuilderConfig:
+        """Defaults overridden by ``A2F_ENGINE_BUILDER_<FIELD>`` variables and the seed's
+        ``A2F_MODEL_DATA_PATH``, ``SKIP_TRT_BUILD`` and ``FORCE_TRT_REBUILD``."""
+        env = os.environ if env is None else env
+        kwargs: dict[str, object] = {}
+        if "A2F_MODEL_DATA_PATH" in env:
+            kwargs["models_root"] = env["A2F_MODEL_DATA_PATH"]
+        kwargs["skip_build"] = env_flag(env.get("SKIP_TRT_BUILD"))
+        kwargs["force_rebuild"] = env_flag(env.get("FORCE_TRT_REBUILD"))
+        for f in fields(cls):
+            raw = env.get(cls.env_name(f.name))
+            if raw is None:
+                continue
+            default = getattr(cls, f.name)
+            try:
+                if isinstance(default, bool):
+                    kwargs[f.name] = env_flag(raw)
+                elif isinstance(default, int):
+                    kwargs[f.name] = int(raw)
+                elif isinstance(default, float):
+                    kwargs[f.name] = float(raw)
+                else:
+                    kwargs[f.name] = raw
+            except ValueError:
+                raise ValueError(f"{cls.env_name(f.name)}={raw!r}: expected a "
+                                 f"{type(default).__name__}") from None
+        return cls(**kwargs)  # type: ignore[arg-type]

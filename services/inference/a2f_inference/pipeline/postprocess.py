@@ -1,0 +1,592 @@
+"""Per-stream post-processing: network output rows -> poses -> blendshape weights.
+
+Implements section 3 of the model-format reference and feeds section 4 (:mod:`.solve`).
+
+Row layouts (sizes always from the model folder):
+
+* regression ``result`` rows: ``[skin PCA coefficients, tongue PCA coefficients, jaw, eyes]``;
+* diffusion ``prediction`` rows: ``[skin deltas, tongue deltas, jaw, eyes]``.
+
+Two paths produce the same weights:
+
+* the **explicit path** (:meth:`FramePostprocessor.poses` then a solve of the full pose)
+  builds every vertex of the skin pose per frame -- simple, slow, used to validate;
+* the **projected path** (:meth:`FramePostprocessor.process`): everything from the network
+  row to ``Aᵀd`` is affine per frame, and the two smoothing filters are linear and
+  time-invariant, so the rows are projected once onto the solve's ``P`` active poses, split
+  by the face mask (``Ku = Aᵀ diag(1-mask) Bᵀ`` and ``Kl = Aᵀ diag(mask) Bᵀ``, with ``B`` the
+  PCA basis for regression and the identity for diffusion), and the upper/lower filters run on
+  those ``P``-vectors. Per frame this costs ``2P x S`` (regression) or ``2P x 72006``
+  (diffusion) multiply-adds, then a ``P x P`` bounded solve. The projection matrices depend
+  only on the identity and the face mask parameters; they are cached (LRU) so opening a
+  stream with the same parameters is cheap, and the strengths/offsets are applied as scalars.
+
+Filters: two cascaded first-order exponential smoothers (a 2nd-order filter) per face half,
+``alpha = 1 - 0.5 ** (dt / smoothing)`` with ``dt = 1 / fps``; ``smoothing == 0`` passes the
+input through; the first frame seeds both stages. Since the first frame seeds the state, an
+affine map commutes with the filter, which makes the projected path exact.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.signal import lfilter
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from a2f_volume.errors import InvalidArgumentError
+from a2f_volume.model_folder import (
+    ARKIT_SKIN_NPZ_KEYS,
+    SACCADE_LEN,
+    TONGUE_NAMES,
+    BlendshapeSet,
+    Identity,
+    ModelFolder,
+)
+
+from .params import OUTPUT_BLENDSHAPE_NAMES, BlendshapeParamsNim, FaceParams
+from .solve import BlendshapeSolver, ObjectKeyedLRU, SolveProblem, problem_for
+
+logger = logging.getLogger(__name__)
+
+#: Weights per output frame: 52 skin then 16 tongue (NIM order).
+NUM_OUTPUT_WEIGHTS = len(OUTPUT_BLENDSHAPE_NAMES)
+#: Saccade table frame rate (index = seed + time * 30).
+SACCADE_FPS = 30.0
+#: Projection cache entries (diffusion entries are ~2 * P * 72006 float32 each).
+PROJECTION_CACHE_SIZE = 8
+#: Projection entries below this fraction of the largest one are dropped (see _no_subnormals).
+_NEGLIGIBLE = 1e-10
+
+
+# --------------------------------------------------------------------------------------
+# building blocks
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Where skin, tongue, jaw and eyes sit in one network output row."""
+
+    skin: slice
+    tongue: slice
+    jaw: slice
+    eyes: slice
+    size: int
+
+    @classmethod
+    def of(cls, model: ModelFolder) -> RowLayout:
+        if model.regression is not None:
+            r = model.regression
+            sizes = (r.num_shapes_skin, r.num_shapes_tongue, r.result_jaw_size, r.result_eyes_size)
+        elif model.diffusion is not None:
+            d = model.diffusion
+            sizes = (d.skin_size, d.tongue_size, d.jaw_size, d.eyes_size)
+        else:  # pragma: no cover - ModelFolder always has one
+            raise InvalidArgumentError(f"model {model.name!r} has no network spec")
+        ends = np.cumsum(sizes).tolist()
+        starts = [0, *ends[:-1]]
+        s = [slice(a, b) for a, b in zip(starts, ends, strict=True)]
+        return cls(s[0], s[1], s[2], s[3], int(ends[-1]))
+
+
+def smoothing_alpha(dt_s: float, smoothing_s: float) -> float:
+    """``1 - 0.5 ** (dt / smoothing)``; 1 (pass-through) when ``smoothing`` is 0."""
+    if smoothing_s <= 0.0:
+        return 1.0
+    return float(1.0 - 0.5 ** (dt_s / smoothing_s))
+
+
+class SecondOrderSmoother:
+    """Two cascaded exponential smoothers over vectors; the first frame seeds both."""
+
+    def __init__(self, smoothing_s: float, dt_s: float) -> None:
+        self.alpha = smoothing_alpha(dt_s, smoothing_s)
+        self._s1: np.ndarray | None = None
+        self._s2: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self._s1 = self._s2 = None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Filter ``[F, D]`` consecutive frames; returns ``[F, D]`` (float64)."""
+        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+        if self.alpha >= 1.0:
+            self._s1 = self._s2 = x[-1].copy()
+            return x.copy()
+        if x.shape[0] == 0:
+            return x.copy()
+        a = self.alpha
+        if self._s1 is None or self._s2 is None:
+            self._s1, self._s2 = x[0].copy(), x[0].copy()  # the first frame seeds both
+        # each stage is y[k] = (1 - a) y[k-1] + a x[k]; lfilter's state is (1 - a) y[k-1]
+        den = [1.0, a - 1.0]
+        s1, _ = lfilter([a], den, x, axis=0, zi=((1.0 - a) * self._s1)[None, :])
+        s2, _ = lfilter([a], den, s1, axis=0, zi=((1.0 - a) * self._s2)[None, :])
+        self._s1, self._s2 = s1[-1].copy(), s2[-1].copy()
+        return np.asarray(s2)
+
+
+def face_mask(neutral_skin: np.ndarray, level: float, softness: float) -> np.ndarray:
+    """Per-vertex lower-face weight: ``sigmoid((level - y_norm) / softness)`` ([V], float64).
+
+    ``y_norm`` is the neutral's y mapped to [0, 1]; 1 means lower face, 0 upper face.
+    """
+    y = np.asarray(neutral_skin, dtype=np.float64).reshape(-1, 3)[:, 1]
+    span = float(y.max() - y.min())
+    yn = (y - y.min()) / span if span > 0 else np.zeros_like(y)
+    z = (level - yn) / max(softness, 1e-12)
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free sigmoid
+
+
+def rigid_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Best rigid transform (Kabsch, no scale) mapping points ``src`` [K,3] onto ``dst``;
+    returns a 4x4 matrix ``T`` with ``dst ≈ (T @ [src, 1]ᵀ)[:3]``."""
+    src = np.asarray(src, dtype=np.float64).reshape(-1, 3)
+    dst = np.asarray(dst, dtype=np.float64).reshape(-1, 3)
+    cs, cd = src.mean(axis=0), dst.mean(axis=0)
+    h = (src - cs).T @ (dst - cd)
+    u, _, vt = np.linalg.svd(h)
+    d = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
+    r = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
+    t = np.eye(4)
+    t[:3, :3] = r
+    t[:3, 3] = cd - r @ cs
+    return t
+
+
+def saccade_index(seed: float, time_s: np.ndarray) -> np.ndarray:
+    """``(seed + time * 30) mod 5000`` as integer rows of the saccade table."""
+    idx = np.floor(seed + np.asarray(time_s, dtype=np.float64) * SACCADE_FPS).astype(np.int64)
+    return np.mod(idx, SACCADE_LEN)
+
+
+def eye_rotations(
+    eyes: np.ndarray, times_s: np.ndarray, face: FaceParams, saccade: np.ndarray
+) -> np.ndarray:
+    """``[F, 4]`` eye values (rX, rY, lX, lY) -> rotations: offset + strength * value +
+    saccade_strength * saccade[index]; the saccade's (x, y) applies to both eyes."""
+    e = np.atleast_2d(np.asarray(eyes, dtype=np.float64))
+    sac = np.asarray(saccade, dtype=np.float64)[saccade_index(face.eye_saccade_seed, times_s)]
+    offs = np.array(
+        [face.right_eye_rot_x_offset, face.right_eye_rot_y_offset,
+         face.left_eye_rot_x_offset, face.left_eye_rot_y_offset]
+    )  # fmt: skip
+    return offs + face.eyeballs_strength * e + face.saccade_strength * np.tile(sac, (1, 2))
+
+
+def jaw_transforms(jaw: np.ndarray, neutral_jaw: np.ndarray, face: FaceParams) -> np.ndarray:
+    """``[F, 15]`` jaw rows -> ``[F, 4, 4]`` rigid transforms of the lower teeth."""
+    j = np.atleast_2d(np.asarray(jaw, dtype=np.float64)).reshape(-1, 5, 3)
+    neutral = np.asarray(neutral_jaw, dtype=np.float64).reshape(5, 3)
+    offset = np.array([0.0, face.lower_teeth_height_offset, face.lower_teeth_depth_offset])
+    pts = j * face.lower_teeth_strength + offset + neutral
+    return np.stack([rigid_fit(neutral, p) for p in pts]) if len(pts) else np.zeros((0, 4, 4))
+
+
+def _output_index(bs: BlendshapeSet, names: tuple[str, ...], base: int) -> np.ndarray:
+    """Output column (0..67) of each pose of ``bs`` (npz order)."""
+    return np.array([base + names.index(p) for p in bs.pose_names], dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------
+# projections (cached)
+
+
+@dataclass(frozen=True)
+class SkinProjection:
+    """Skin rows -> ``Aᵀd`` pieces for one identity and face mask (level, softness).
+
+    ``kt`` is ``[Ku; Kl]ᵀ`` (``[D, 2 Pa]`` float32, contiguous); ``eye_*``/``lip_*`` are
+    ``Aᵀ`` of the masked eye-close/lip-open deltas; ``base`` is ``Aᵀ(neutral_skin - bs_neutral)``.
+    """
+
+    kt: np.ndarray
+    cols: np.ndarray | None  # source columns ``kt`` rows refer to (None: all)
+    eye_upper: np.ndarray
+    eye_lower: np.ndarray
+    lip_upper: np.ndarray
+    lip_lower: np.ndarray
+    base: np.ndarray
+
+
+@dataclass(frozen=True)
+class TongueProjection:
+    """Tongue rows -> ``Aᵀd`` pieces: ``kt`` [D, Pa], offsets' and neutral's projections."""
+
+    kt: np.ndarray
+    cols: np.ndarray | None
+    height: np.ndarray
+    depth: np.ndarray
+    base: np.ndarray
+
+
+_projections: ObjectKeyedLRU[SkinProjection | TongueProjection] = ObjectKeyedLRU(
+    PROJECTION_CACHE_SIZE
+)
+
+
+def _weighted_at(prob: SolveProblem, weights: np.ndarray, size: int) -> np.ndarray:
+    """``Aᵀ diag(weights)`` scattered to full width ``[Pa, size]`` (float32)."""
+    w = np.zeros((prob.num_active, size), dtype=np.float32)
+    w[:, prob.rows] = _no_subnormals(prob.a.astype(np.float64) * weights[:, None]).T
+    return w
+
+
+def _no_subnormals(x: np.ndarray) -> np.ndarray:
+    """``x`` as float32 with negligible values (below ``1e-10`` of the largest magnitude, or
+    below float32's normal range) set to 0. The face mask's sigmoid tails and the pose
+    deltas' far fields hold values like 1e-35: multiplied by a network output they give
+    subnormal products, which make the per-frame matrix product ~100x slower."""
+    out = np.asarray(x, dtype=np.float32)
+    peak = float(np.abs(out).max()) if out.size else 0.0
+    floor = max(float(np.finfo(np.float32).tiny), peak * _NEGLIGIBLE)
+    out[np.abs(out) < floor] = 0.0
+    return out
+
+
+def _project_basis(w: np.ndarray, basis: np.ndarray | None, chunk: int = 16384) -> np.ndarray:
+    """``W Bᵀ`` accumulated in float64 over column chunks (``basis=None``: ``W`` itself)."""
+    if basis is None:
+        return w
+    out = np.zeros((w.shape[0], basis.shape[0]))
+    for c in range(0, w.shape[1], chunk):
+        out += (w[:, c : c + chunk] @ basis[:, c : c + chunk].T).astype(np.float64)
+    return _no_subnormals(out)
+
+
+def _support(k: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``kt`` (transposed, contiguous) restricted to the source columns it uses: values
+    outside the frontal mask or untouched by every pose need not be multiplied."""
+    kt = _no_subnormals(k).T
+    used = np.flatnonzero(np.any(kt != 0.0, axis=1))
+    if used.size > 0.9 * kt.shape[0]:
+        return np.ascontiguousarray(kt), None
+    return np.ascontiguousarray(kt[used]), used
+
+
+def _source(rows: np.ndarray, part: slice, cols: np.ndarray | None) -> np.ndarray:
+    src = rows[:, part]
+    return np.ascontiguousarray(src if cols is None else src[:, cols], dtype=np.float32)
+
+
+def skin_projection(identity: Identity, level: float, softness: float) -> SkinProjection:
+    """The cached :class:`SkinProjection` for ``identity`` and the face mask parameters."""
+
+    def build() -> SkinProjection:
+        t0 = time.perf_counter()
+        prob = problem_for(identity.skin)
+        size = identity.skin_neutral.size
+        m3 = np.repeat(face_mask(identity.skin_neutral, level, softness), 3)[prob.rows]
+        a64 = prob.a.astype(np.float64)
+        wu = _weighted_at(prob, 1.0 - m3, size)
+        wl = _weighted_at(prob, m3, size)
+        k = np.concatenate(
+            [_project_basis(wu, identity.skin_pca), _project_basis(wl, identity.skin_pca)]
+        )
+        eye = identity.eye_close_delta[prob.rows].astype(np.float64)
+        lip = identity.lip_open_delta[prob.rows].astype(np.float64)
+        kt, cols = _support(k)
+        neutral_gap = identity.skin_neutral[prob.rows].astype(np.float64) - prob.neutral
+        proj = SkinProjection(
+            kt=kt, cols=cols,
+            eye_upper=a64.T @ ((1.0 - m3) * eye), eye_lower=a64.T @ (m3 * eye),
+            lip_upper=a64.T @ ((1.0 - m3) * lip), lip_lower=a64.T @ (m3 * lip),
+            base=a64.T @ neutral_gap,
+        )  # fmt: skip
+        logger.info(
+            "built skin projection for identity %s (mask level %g, softness %g): %d poses x 2 "
+            "halves over %d of %d source values in %.2f s",
+            identity.name, level, softness, prob.num_active, kt.shape[0], k.shape[1],
+            time.perf_counter() - t0,
+        )  # fmt: skip
+        return proj
+
+    result = _projections.get(identity, ("skin", float(level), float(softness)), build)
+    assert isinstance(result, SkinProjection)
+    return result
+
+
+def tongue_projection(identity: Identity) -> TongueProjection:
+    """The cached :class:`TongueProjection` for ``identity``."""
+
+    def build() -> TongueProjection:
+        prob = problem_for(identity.tongue)
+        size = identity.tongue_neutral.size
+        w = _weighted_at(prob, np.ones(prob.rows.size), size)
+        kt, cols = _support(_project_basis(w, identity.tongue_pca))
+        a64 = prob.a.astype(np.float64)
+        axis = prob.rows % 3
+        return TongueProjection(
+            kt=kt,
+            cols=cols,
+            height=a64.T @ (axis == 1).astype(np.float64),
+            depth=a64.T @ (axis == 2).astype(np.float64),
+            base=a64.T @ (identity.tongue_neutral[prob.rows].astype(np.float64) - prob.neutral),
+        )
+
+    result = _projections.get(identity, ("tongue",), build)
+    assert isinstance(result, TongueProjection)
+    return result
+
+
+# --------------------------------------------------------------------------------------
+# the per-stream object
+
+
+@dataclass(frozen=True)
+class PoseFrames:
+    """Explicit per-frame geometry (the explicit path's intermediate)."""
+
+    skin: np.ndarray  # float64 [F, V*3]
+    tongue: np.ndarray  # float64 [F, T*3]
+    jaw: np.ndarray  # float64 [F, 4, 4]
+    eyes: np.ndarray  # float64 [F, 4]
+
+
+class FramePostprocessor:
+    """Network rows of one stream -> 68 blendshape weights per frame (stateful).
+
+    Keeps the smoothing filters' state and the solver's ``w_prev``; feed frames in order.
+    Construction is cheap once the projections for (identity, mask level, mask softness) are
+    cached; the first stream of a configuration builds them (a fraction of a second for a
+    full-size model).
+    """
+
+    def __init__(
+        self,
+        model: ModelFolder,
+        identity: Identity,
+        face: FaceParams,
+        bs: BlendshapeParamsNim | None = None,
+        fps: float = 30.0,
+        *,
+        fast: bool = True,
+    ) -> None:
+        if not fps > 0:
+            raise InvalidArgumentError(f"frame rate {fps!r} must be > 0")
+        self.model = model
+        self.identity = identity
+        self.face = face
+        self.bs = bs or BlendshapeParamsNim()
+        self.fps = float(fps)
+        self.layout = RowLayout.of(model)
+        self.dt_s = 1.0 / self.fps
+        self._skin_prob = problem_for(identity.skin)
+        self._tongue_prob = problem_for(identity.tongue)
+        self._skin_proj = skin_projection(identity, face.face_mask_level, face.face_mask_softness)
+        self._tongue_proj = tongue_projection(identity)
+        self._skin_solver = BlendshapeSolver(self._skin_prob, fast=fast)
+        self._tongue_solver = BlendshapeSolver(self._tongue_prob, fast=fast)
+        self._upper = SecondOrderSmoother(face.upper_face_smoothing, self.dt_s)
+        self._lower = SecondOrderSmoother(face.lower_face_smoothing, self.dt_s)
+        # explicit-path filters (vertex space), separate state
+        self._upper_x = SecondOrderSmoother(face.upper_face_smoothing, self.dt_s)
+        self._lower_x = SecondOrderSmoother(face.lower_face_smoothing, self.dt_s)
+        self._skin_cols = _output_index(identity.skin, ARKIT_SKIN_NPZ_KEYS, 0)
+        self._tongue_cols = _output_index(identity.tongue, TONGUE_NAMES, len(ARKIT_SKIN_NPZ_KEYS))
+        self._mult = np.asarray(self.bs.multipliers, dtype=np.float64)
+        self._offs = np.asarray(self.bs.offsets, dtype=np.float64)
+        f = face
+        e_coef = -f.eyelid_open_offset + f.blink_offset * f.blink_strength
+        sp = self._skin_proj
+        self._skin_const = (
+            sp.base
+            + f.upper_face_strength * (e_coef * sp.eye_upper + f.lip_open_offset * sp.lip_upper)
+            + f.lower_face_strength * (e_coef * sp.eye_lower + f.lip_open_offset * sp.lip_lower)
+        )
+        tp = self._tongue_proj
+        self._tongue_const = (
+            tp.base + f.tongue_height_offset * tp.height + f.tongue_depth_offset * tp.depth
+        )
+        self._mask3: np.ndarray | None = None
+
+    def reset(self) -> None:
+        """Back to stream start (filters unseeded, ``w_prev = 0``)."""
+        for filt in (self._upper, self._lower, self._upper_x, self._lower_x):
+            filt.reset()
+        self._skin_solver.reset()
+        self._tongue_solver.reset()
+
+    def _rows(self, rows: np.ndarray) -> np.ndarray:
+        r = np.asarray(rows)
+        if r.ndim == 1:
+            r = r[None, :]
+        if r.ndim != 2 or r.shape[1] != self.layout.size:
+            raise InvalidArgumentError(
+                f"network rows of shape {list(np.shape(rows))}; "
+                f"expected [frames, {self.layout.size}]"
+            )
+        return r
+
+    # projected path ---------------------------------------------------------------------
+
+    def skin_atd(self, rows: np.ndarray) -> np.ndarray:
+        """``[F, Pa]`` skin ``Aᵀd`` for the frames (advances the filters)."""
+        r = self._rows(rows)
+        pa = self._skin_prob.num_active
+        sp = self._skin_proj
+        y = _source(r, self.layout.skin, sp.cols) @ sp.kt
+        y = y.astype(np.float64)
+        f = self.face
+        up = self._upper(y[:, :pa])
+        low = self._lower(y[:, pa:])
+        return self._skin_const + f.skin_strength * (
+            f.upper_face_strength * up + f.lower_face_strength * low
+        )
+
+    def tongue_atd(self, rows: np.ndarray) -> np.ndarray:
+        """``[F, Pa_tongue]`` tongue ``Aᵀd`` for the frames."""
+        r = self._rows(rows)
+        tp = self._tongue_proj
+        y = _source(r, self.layout.tongue, tp.cols) @ tp.kt
+        return self._tongue_const + self.face.tongue_strength * y.astype(np.float64)
+
+    def _output(self, skin_w: np.ndarray, tongue_w: np.ndarray) -> np.ndarray:
+        out = np.zeros((skin_w.shape[0], NUM_OUTPUT_WEIGHTS))
+        out[:, self._skin_cols] = skin_w
+        out[:, self._tongue_cols] = tongue_w
+        if not self.bs.is_identity:
+            out = out * self._mult + self._offs
+            if self.bs.enable_clamping:
+                np.clip(out, 0.0, 1.0, out=out)
+        return out.astype(np.float32)
+
+    def process(self, rows: np.ndarray, times_s: np.ndarray | None = None) -> np.ndarray:
+        """``[F, R]`` network rows (frames in order) -> ``[F, 68]`` float32 weights
+        (52 skin weights in NIM order, then 16 tongue weights). ``times_s`` is accepted for
+        symmetry with :meth:`eye_rotations` and not needed for the weights."""
+        r = self._rows(rows)
+        if r.shape[0] == 0:
+            return np.zeros((0, NUM_OUTPUT_WEIGHTS), dtype=np.float32)
+        skin_w = self._skin_solver.solve(self.skin_atd(r))
+        tongue_w = self._tongue_solver.solve(self.tongue_atd(r))
+        return self._output(skin_w, tongue_w)
+
+    def eye_rotations(self, rows: np.ndarray, times_s: np.ndarray) -> np.ndarray:
+        """``[F, 4]`` eye rotations (rX, rY, lX, lY) with offsets and saccades."""
+        r = self._rows(rows)
+        return eye_rotations(r[:, self.layout.eyes], times_s, self.face, self.identity.saccade)
+
+    def jaw_transforms(self, rows: np.ndarray) -> np.ndarray:
+        """``[F, 4, 4]`` lower-teeth rigid transforms."""
+        r = self._rows(rows)
+        return jaw_transforms(r[:, self.layout.jaw], self.identity.jaw_neutral, self.face)
+
+    # explicit path ----------------------------------------------------------------------
+
+    def poses(self, rows: np.ndarray, times_s: np.ndarray) -> PoseFrames:
+        """The full geometry per frame, vertex by vertex (explicit path; own filter state)."""
+        r = self._rows(rows).astype(np.float64)
+        ident, f = self.identity, self.face
+        skin_src = r[:, self.layout.skin]
+        tongue_src = r[:, self.layout.tongue]
+        delta = (
+            skin_src @ ident.skin_pca.astype(np.float64) if ident.skin_pca is not None else skin_src
+        )
+        e = (
+            ident.eye_close_delta.astype(np.float64)
+            * (-f.eyelid_open_offset + f.blink_offset * f.blink_strength)
+            + ident.lip_open_delta.astype(np.float64) * f.lip_open_offset
+        )
+        rr = f.skin_strength * delta + e
+        up = self._upper_x(rr)
+        low = self._lower_x(rr)
+        if self._mask3 is None:
+            self._mask3 = np.repeat(
+                face_mask(ident.skin_neutral, f.face_mask_level, f.face_mask_softness), 3
+            )
+        m3 = self._mask3
+        skin = (
+            ident.skin_neutral.astype(np.float64)
+            + up * f.upper_face_strength * (1.0 - m3)
+            + low * f.lower_face_strength * m3
+        )
+        tdelta = (
+            tongue_src @ ident.tongue_pca.astype(np.float64)
+            if ident.tongue_pca is not None
+            else tongue_src
+        )
+        tongue = ident.tongue_neutral.astype(np.float64) + tdelta * f.tongue_strength
+        tongue = tongue.reshape(len(r), -1, 3)
+        tongue[:, :, 1] += f.tongue_height_offset
+        tongue[:, :, 2] += f.tongue_depth_offset
+        return PoseFrames(
+            skin=skin,
+            tongue=tongue.reshape(len(r), -1),
+            jaw=jaw_transforms(r[:, self.layout.jaw], ident.jaw_neutral, f),
+            eyes=eye_rotations(r[:, self.layout.eyes], times_s, f, ident.saccade),
+        )
+
+    def process_explicit(self, rows: np.ndarray, times_s: np.ndarray) -> np.ndarray:
+        """Same output as :meth:`process`, via full poses (slow; for validation). Uses the
+        solvers' state, so do not mix with :meth:`process` on one object."""
+        p = self.poses(rows, times_s)
+        skin_w = self._skin_solver.solve_poses(p.skin)
+        tongue_w = self._tongue_solver.solve_poses(p.tongue)
+        return self._output(skin_w, tongue_w)
+
+
+def limit_blas_threads(threads: int = 1) -> dict[str, int]:
+    """Set the BLAS libraries of this process (OpenBLAS/MKL behind NumPy) to ``threads``.
+
+    Post-processing makes many small matrix products per frame. Multithreaded OpenBLAS
+    spin-waits for its workers and collapses (10x slower measured) when the CPU is shared
+    with the network's own thread pool or other processes, so the inference server calls
+    this once at start-up with 1. The network (ONNX Runtime / TensorRT) keeps its own
+    threads. Returns the previous thread count per library.
+    """
+    before = {str(i["internal_api"]): int(i["num_threads"]) for i in threadpool_info()
+              if i.get("user_api") == "blas"}  # fmt: skip
+    threadpool_limits(limits=threads, user_api="blas")
+    logger.info("BLAS threads set to %d (were %s)", threads, before or "none found")
+    return before
+
+
+def benchmark_postprocess(
+    model: ModelFolder,
+    frames: int = 300,
+    batch: int = 30,
+    seed: int = 0,
+    rows: np.ndarray | None = None,
+    blas_threads: int | None = 1,
+) -> float:
+    """Frames per second of :meth:`FramePostprocessor.process` for ``model`` (first
+    identity, its default parameters), fed in batches of ``batch`` consecutive frames.
+
+    ``rows`` (``[N, R]``, e.g. recorded network outputs) are cycled through; without them,
+    a smooth random walk of network-sized rows is used (consecutive frames of speech change
+    slowly, which the solver's warm start relies on). The projections are built before
+    timing (they are cached per configuration). BLAS runs with ``blas_threads`` threads
+    during the measurement, as in the server (see :func:`limit_blas_threads`); ``None``
+    leaves the library's setting.
+    """
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
+        return _benchmark(model, frames, batch, seed, rows)
+
+
+def _benchmark(
+    model: ModelFolder, frames: int, batch: int, seed: int, rows: np.ndarray | None
+) -> float:
+    ident = model.identities[0]
+    pp = FramePostprocessor(model, ident, FaceParams.from_config(ident.config), fps=30.0)
+    if rows is None:
+        rng = np.random.default_rng(seed)
+        n = max(min(frames, 120), batch)
+        steps = rng.standard_normal((n, pp.layout.size), dtype=np.float32) * 0.3
+        walk = np.cumsum(steps, axis=0) / np.sqrt(np.arange(1, n + 1, dtype=np.float32))[:, None]
+        rows = walk * (0.01 if model.diffusion is not None else 1.0)
+    rows = pp._rows(rows)
+    times = np.arange(rows.shape[0]) / pp.fps
+    pp.process(rows[:batch], times[:batch])  # warm up
+    pp.reset()
+    done = 0
+    t0 = time.perf_counter()
+    while done < frames:
+        i = done % rows.shape[0]
+        chunk = rows[i : i + batch]
+        pp.process(chunk, times[i : i + batch])
+        done += chunk.shape[0]
+    return done / (time.perf_counter() - t0)
