@@ -1,7 +1,9 @@
 # The two commands a new user needs:
-#   make run    set up, generate the embedded default model, start the stack, stream audio
-#   make test   set up (incl. the system packages the tests use) and run lint, types, tests
-.PHONY: run test lint typecheck proto setup
+#   make run          set up, generate the embedded default model, start the server, stream audio
+#   make test         set up (incl. the Debian packages the tests use) and run lint, types, tests
+# And one more for the deployment artefacts (needs root for apt and dockerd):
+#   make test-deploy  build the three images, bring up the CPU compose stack, stream through it
+.PHONY: run test test-deploy lint typecheck proto setup
 
 setup:
 	scripts/setup.sh
@@ -23,3 +25,6 @@ test: setup
 	.venv/bin/ruff check .
 	.venv/bin/mypy
 	.venv/bin/pytest
+
+test-deploy: setup
+	scripts/ci-deploy.sh

@@ -17,6 +17,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing the project and its pinned dependencies into .venv"
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+  # NVIDIA's published A2F-3D stubs, for the wire-compatibility tests: nvidia-ace pins an old
+  # grpcio that its generated code does not need, so both go in without dependencies.
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt nvidia-audio2face-3d nvidia-ace
   # Type stubs for TensorRT: the runtime itself cannot be installed here, and the stubs'
   # metadata requires it, so they are installed without dependencies.
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt tensorrt-stubs

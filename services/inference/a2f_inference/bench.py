@@ -1,0 +1,302 @@
+"""``a2f-bench``: throughput benchmarks.
+
+``a2f-bench pipeline`` measures the whole pipeline (N streams of synthetic speech pushed
+through sessions and the batch scheduler: windowing, batched ONNX Runtime inference,
+post-processing and the blendshape solve) against the network alone (the same engine run
+on the same sequence of batch sizes, in the same process, right after), and prints frames per
+second per core for both and their ratio. ONNX Runtime's intra-op threads are set explicitly
+(``--threads``, default: all cores) and reported as the cores used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Where generated stand-ins are cached (same layout as the test fixtures' cache).
+STANDIN_CACHE = Path(".a2f-local") / "standins"
+
+Subcommand = Callable[[argparse.Namespace], int]
+
+
+def standin_folder(kind: str, size: str, root: Path = STANDIN_CACHE, seed: int = 0) -> Path:
+    """The cached stand-in ``<root>/<kind>-<size>-seed<seed>``, generated when missing or
+    made by another generator version (under a lock; published by rename)."""
+    from a2f_standin import GENERATOR_VERSION, generate
+    from a2f_volume.lock import FileLock
+
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{kind}-{size}-seed{seed}"
+    stamp = f"{GENERATOR_VERSION}\n"
+    with FileLock(root / f".{final.name}.lock"):
+        marker = final / ".standin-version"
+        if marker.is_file() and marker.read_text() == stamp:
+            return final
+        logger.info("generating the %s %s stand-in into %s", size, kind, final)
+        work = root / f".{final.name}.building-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        generate(kind, work, size=size, seed=seed)
+        (work / ".standin-version").write_text(stamp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(work, final)
+    return final
+
+
+class _BatchLog:
+    """Scheduler observer that keeps the batch sizes and engine time."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.inference_s = 0.0
+        self.postprocess_s = 0.0
+
+    def on_batch(self, stats: Any) -> None:
+        self.sizes.append(int(stats.size))
+        self.inference_s += float(stats.inference_s)
+        self.postprocess_s += float(stats.postprocess_s)
+
+
+def _run_pipeline(runtime: Any, clips: list[bytes], chunk_bytes: int, max_wait_s: float
+                  ) -> tuple[int, float, float, _BatchLog]:
+    """All clips through one scheduler; returns (frames, wall s, cpu s, batch log)."""
+    from a2f_inference.pipeline import BatchScheduler
+
+    log = _BatchLog()
+    sched = BatchScheduler(runtime, max_wait_s=max_wait_s, observer=log)
+    sessions = [runtime.open_stream(None, None, input_rate=16000, seed=i)
+                for i in range(len(clips))]
+    frames = 0
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    sched.start()
+    try:
+        longest = max(len(c) for c in clips)
+        for pos in range(0, longest, chunk_bytes):  # round-robin, as fast as possible
+            for s, c in zip(sessions, clips, strict=True):
+                if pos < len(c):
+                    s.push_audio(c[pos : pos + chunk_bytes])
+                frames += len(s.take_frames())
+        for s in sessions:
+            s.end_of_audio()
+        for s in sessions:
+            while not s.done:
+                s.wait(5.0)
+                if s.error is not None:
+                    raise s.error
+                frames += len(s.take_frames())
+    finally:
+        wall = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        for s in sessions:
+            s.close()
+        sched.stop()
+    return frames, wall, cpu, log
+
+
+def _feeds(engine: Any, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    from a2f_inference.pipeline.runtime import batch_axis
+
+    out = {}
+    for spec in engine.inputs:
+        shape = list(spec.shape)
+        shape[batch_axis(spec)] = batch
+        out[spec.name] = rng.standard_normal([max(1, d) for d in shape], dtype=np.float32)
+    return out
+
+
+def _run_network(engine: Any, sizes: list[int]) -> tuple[float, float]:
+    """The engine alone over the given batch sizes; returns (wall s, cpu s)."""
+    rng = np.random.default_rng(0)
+    cache = {b: _feeds(engine, b, rng) for b in sorted(set(sizes))}
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for b in sizes:
+        engine.run(cache[b])
+    return time.perf_counter() - t0, time.process_time() - cpu0
+
+
+def bench_pipeline(model: Path, *, streams: int, seconds: float, threads: int,
+                   max_batch: int | None, max_wait_s: float, chunk_s: float,
+                   repeat: int = 5) -> dict[str, Any]:
+    """Run the benchmark and return its figures."""
+    from a2f_engine.onnxruntime_engine import OnnxRuntimeEngine
+    from a2f_inference.demo import speech_like, to_pcm16
+    from a2f_inference.pipeline import ModelRuntime
+    from a2f_volume.model_folder import load_model_folder
+
+    folder = load_model_folder(model)
+    mb = max_batch or folder.max_batch
+    engine = OnnxRuntimeEngine(folder.onnx_path, max_batch=mb, intra_op_threads=threads)
+    try:
+        runtime = ModelRuntime(folder, engine, max_batch=mb)
+        clips = [to_pcm16(speech_like(seconds, 16000, seed=i)) for i in range(streams)]
+        chunk = max(2, 2 * round(chunk_s * 16000))
+        logger.info("warm-up: one short stream")
+        _run_pipeline(runtime, [to_pcm16(speech_like(1.0, 16000, seed=99))], chunk, max_wait_s)
+        logger.info("pipeline: %d streams x %.1f s of audio, max batch %d, %d ORT threads, "
+                    "best of %d rounds", streams, seconds, runtime.max_batch, threads, repeat)
+        best: tuple[int, float, float, _BatchLog] | None = None
+        net_wall = net_cpu = float("inf")
+        rounds: list[float] = []
+        for r in range(repeat):
+            frames, wall, cpu, blog = _run_pipeline(runtime, clips, chunk, max_wait_s)
+            logger.info("round %d: pipeline %d frames in %.2f s (%d batches, mean %.1f "
+                        "windows); network alone on the same batch sizes...", r + 1, frames,
+                        wall, len(blog.sizes), float(np.mean(blog.sizes)) if blog.sizes else 0.0)
+            nw, nc = _run_network(engine, blog.sizes)
+            logger.info("round %d: network %.2f s, ratio %.3f", r + 1, nw, nw / wall)
+            rounds.append(nw / wall)
+            if best is None or wall < best[1]:
+                best = (frames, wall, cpu, blog)
+            if nw < net_wall:
+                net_wall, net_cpu = nw, nc
+        assert best is not None
+        frames, wall, cpu, blog = best
+    finally:
+        engine.close()
+    cores = threads
+    pipe_fps = frames / wall
+    net_fps = frames / net_wall if net_wall > 0 else float("inf")
+    return {
+        "model": str(model),
+        "kind": folder.kind,
+        "streams": streams,
+        "seconds_per_stream": seconds,
+        "frames": frames,
+        "batches": len(blog.sizes),
+        "mean_batch": float(np.mean(blog.sizes)) if blog.sizes else 0.0,
+        "max_batch": runtime.max_batch,
+        "ort_intra_op_threads": threads,
+        "blas_threads": _blas_threads(),
+        "cores_used": cores,
+        "pipeline": {"wall_s": wall, "cpu_s": cpu, "fps": pipe_fps,
+                     "fps_per_core": pipe_fps / cores,
+                     "engine_s": blog.inference_s, "postprocess_s": blog.postprocess_s,
+                     "frames_per_cpu_s": frames / cpu if cpu > 0 else 0.0,
+                     "realtime_streams_per_core": pipe_fps / cores / 30.0},
+        "network": {"wall_s": net_wall, "cpu_s": net_cpu, "fps": net_fps,
+                    "fps_per_core": net_fps / cores,
+                    "frames_per_cpu_s": frames / net_cpu if net_cpu > 0 else 0.0},
+        "ratio_pipeline_to_network": float(np.median(rounds)),
+        "ratio_best_of_each": pipe_fps / net_fps if net_fps else 0.0,
+        "ratio_per_round": rounds,
+    }
+
+
+def _blas_threads() -> int | None:
+    from threadpoolctl import threadpool_info
+
+    counts = [int(i["num_threads"]) for i in threadpool_info() if i.get("user_api") == "blas"]
+    return max(counts) if counts else None
+
+
+def _print_report(r: dict[str, Any]) -> None:
+    p, n = r["pipeline"], r["network"]
+    print(f"model {r['model']} ({r['kind']}), {r['streams']} streams x "
+          f"{r['seconds_per_stream']:.1f} s, {r['frames']} frames, {r['batches']} batches "
+          f"(mean {r['mean_batch']:.1f}, max {r['max_batch']})")
+    print(f"cores used: {r['cores_used']} (ONNX Runtime intra-op threads; BLAS threads "
+          f"{r['blas_threads']})")
+    print(f"pipeline : {p['fps']:9.1f} frames/s  {p['fps_per_core']:9.1f} frames/s/core  "
+          f"{p['frames_per_cpu_s']:9.1f} frames/cpu-s  (engine {p['engine_s']:.2f} s, "
+          f"post-processing {p['postprocess_s']:.2f} s, wall {p['wall_s']:.2f} s)")
+    print(f"network  : {n['fps']:9.1f} frames/s  {n['fps_per_core']:9.1f} frames/s/core  "
+          f"{n['frames_per_cpu_s']:9.1f} frames/cpu-s  (wall {n['wall_s']:.2f} s)")
+    print(f"ratio pipeline / network: {r['ratio_pipeline_to_network']:.3f} (median of the "
+          f"rounds: {', '.join(f'{x:.3f}' for x in r['ratio_per_round'])}; best of each "
+          f"{r['ratio_best_of_each']:.3f})")
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    if args.model:
+        model = Path(args.model)
+    else:
+        model = standin_folder(args.kind, args.size)
+    threads = args.threads or os.cpu_count() or 1
+    if args.blas_threads > 0:
+        from a2f_inference.pipeline.postprocess import limit_blas_threads
+
+        limit_blas_threads(args.blas_threads)  # as the server does: see the docs
+    report = bench_pipeline(model, streams=args.streams, seconds=args.seconds, threads=threads,
+                            max_batch=args.max_batch, max_wait_s=args.max_wait_s,
+                            chunk_s=args.chunk_s, repeat=args.repeat)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_report(report)
+    return 0
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="a2f-bench", description="Audio2Face-3D benchmarks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "pipeline", help="pipeline vs network throughput (frames/s per core)",
+        description="Feed N streams of synthetic speech through the pipeline and compare its "
+                    "throughput with the network alone on the same batch sizes.")
+    p.add_argument("--model", default=_env("A2F_BENCH_MODEL"),
+                   help="model folder (env A2F_BENCH_MODEL); default: a generated stand-in")
+    p.add_argument("--kind", choices=("regression", "diffusion"), default="regression",
+                   help="stand-in kind when --model is not given (default regression)")
+    p.add_argument("--size", choices=("full", "small"), default="full",
+                   help="stand-in size when --model is not given (default full)")
+    p.add_argument("--streams", type=int, default=8, help="concurrent streams (default 8)")
+    p.add_argument("--seconds", type=float, default=10.0,
+                   help="seconds of audio per stream (default 10)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="ONNX Runtime intra-op threads = cores used (default: all cores)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="windows per batch (default: the model's trt_info MAX_BATCH_SIZE)")
+    p.add_argument("--max-wait-s", type=float, default=0.002,
+                   help="batch fill wait in seconds (default 0.002)")
+    p.add_argument("--chunk-s", type=float, default=0.1,
+                   help="audio pushed per stream per round, seconds (default 0.1)")
+    p.add_argument("--blas-threads", type=int, default=1,
+                   help="BLAS threads for post-processing, as in the server (default 1; "
+                        "0 leaves the library default)")
+    p.add_argument("--repeat", type=int, default=5,
+                   help="rounds of (pipeline, then network on the same batch sizes); the "
+                        "ratio is the median over rounds, the figures the best (default 5)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=cmd_pipeline)
+    from a2f_inference.server import loadtest
+
+    s = sub.add_parser(
+        "serve", help="the gRPC server under N concurrent streams vs the library alone",
+        description="Start a2f-inference on 127.0.0.1, drive N concurrent streams (real time "
+                    "or as fast as possible) for a bounded time, then measure the pipeline "
+                    "library alone on the same model in the same run.")
+    loadtest.add_arguments(s)
+    s.set_defaults(func=loadtest.main)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if (getattr(args, "streams", 1) < 1 or getattr(args, "seconds", 1.0) <= 0
+            or getattr(args, "repeat", 1) < 1):
+        parser.error("--streams and --repeat must be >= 1 and --seconds > 0")
+    func: Subcommand = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""``a2f-client``: stream a WAV file through an Audio2Face-3D server, like NVIDIA's sample client.
+
+Reads a 16-bit mono WAV, sends the header with the file's own sample rate, then the audio in
+1-second chunks (the first chunk carries every emotion keyframe), then end-of-audio. A
+concurrent reader collects the blendshape names, every frame and the returned audio, and at
+the end writes ``animation_frames.csv`` (``timeCode``, ``blendShapes.<Name>``) and
+``out.wav`` into ``<out>/output_NNNNNN/`` (the next free number).
+
+The streaming core (:func:`stream_audio`) is shared with ``a2f-bench serve`` and ``a2f-demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import logging
+import sys
+import time
+import wave
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from a2f_inference.proto_gen.nvidia_ace import audio_pb2, status_pb2
+from a2f_inference.proto_gen.nvidia_audio2face_3d import audio2face_pb2_grpc, messages_pb2
+
+log = logging.getLogger(__name__)
+
+MODEL_METADATA = "x-a2f-model"
+IDENTITY_METADATA = "x-a2f-identity"
+VERSION_METADATA = "x-a2f-model-version"
+
+
+class WavFormatError(ValueError):
+    """The WAV file is not 16-bit mono PCM."""
+
+
+@dataclass(frozen=True)
+class EmotionKey:
+    """One emotion keyframe: ``name=value@time``."""
+
+    name: str
+    value: float
+    time_s: float
+
+    @classmethod
+    def parse(cls, text: str) -> EmotionKey:
+        try:
+            name_value, _, at = text.partition("@")
+            name, _, value = name_value.partition("=")
+            if not name or not value:
+                raise ValueError(text)
+            return cls(name.strip(), float(value), float(at) if at else 0.0)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(
+                f"bad emotion {text!r}: expected name=value@seconds, e.g. joy=0.8@1.5") from err
+
+
+@dataclass
+class StreamResult:
+    """What came back from one stream."""
+
+    blend_shapes: list[str] = field(default_factory=list)
+    time_codes: list[float] = field(default_factory=list)
+    weights: list[list[float]] = field(default_factory=list)
+    audio: bytearray = field(default_factory=bytearray)
+    audio_time_codes: list[float] = field(default_factory=list)
+    audio_sizes: list[int] = field(default_factory=list)
+    frame_arrival_s: list[float] = field(default_factory=list)
+    header_audio_rate: int = 0
+    end_event: bool = False
+    status_code: int = -1
+    status_message: str = ""
+    order: list[str] = field(default_factory=list)
+    model_version: str = ""
+    grpc_code: grpc.StatusCode | None = None
+    grpc_details: str = ""
+    started_s: float = 0.0
+    ended_s: float = 0.0
+    audio_done_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return (self.grpc_code in (None, grpc.StatusCode.OK)
+                and self.status_code == status_pb2.Status.SUCCESS)
+
+    @property
+    def fps(self) -> float:
+        wall = self.ended_s - self.started_s
+        return len(self.time_codes) / wall if wall > 0 else 0.0
+
+
+def read_wav(path: str | Path) -> tuple[bytes, int]:
+    """PCM bytes and sample rate of a 16-bit mono WAV; anything else is refused clearly."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
+            if channels != 1 or width != 2:
+                raise WavFormatError(
+                    f"{path}: {channels} channel(s), {8 * width}-bit; only 16-bit mono PCM WAV "
+                    f"is accepted (convert with: sox IN.wav -b 16 -c 1 OUT.wav)")
+            return w.readframes(w.getnframes()), rate
+    except wave.Error as err:
+        raise WavFormatError(f"{path}: not a PCM WAV file ({err}); only 16-bit mono PCM WAV "
+                             "is accepted") from err
+
+
+def write_wav(path: Path, pcm: bytes, rate: int) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+
+
+def build_requests(pcm: bytes, rate: int, *, emotions: Sequence[EmotionKey] = (),
+                   face_params: dict[str, float] | None = None,
+                   chunk_s: float = 1.0) -> list[messages_pb2.AudioWithEmotionStream]:
+    """Header, audio chunks (keyframes on the first) and end-of-audio, in order."""
+    header = messages_pb2.AudioWithEmotionStreamHeader(
+        audio_header=audio_pb2.AudioHeader(
+            audio_format=audio_pb2.AudioHeader.AUDIO_FORMAT_PCM, channel_count=1,
+            samples_per_second=rate, bits_per_sample=16))
+    for k, v in (face_params or {}).items():
+        header.face_params.float_params[k] = v
+    reqs = [messages_pb2.AudioWithEmotionStream(audio_stream_header=header)]
+    step = max(2, int(rate * chunk_s) * 2)
+    keys: list[messages_pb2.EmotionWithTimeCode] = []
+    for t in sorted({e.time_s for e in emotions}):
+        ewt = messages_pb2.EmotionWithTimeCode(time_code=t)
+        for e in emotions:
+            if e.time_s == t:
+                ewt.emotion[e.name] = e.value
+        keys.append(ewt)
+    for i, start in enumerate(range(0, max(len(pcm), 1), step)):
+        chunk = messages_pb2.AudioWithEmotion(audio_buffer=pcm[start:start + step])
+        if i == 0:
+            chunk.emotions.extend(keys)
+        reqs.append(messages_pb2.AudioWithEmotionStream(audio_with_emotion=chunk))
+    reqs.append(messages_pb2.AudioWithEmotionStream(
+        end_of_audio=messages_pb2.AudioWithEmotionStream.EndOfAudio()))
+    return reqs
+
+
+def call_metadata(model: str | None, identity: str | None) -> tuple[tuple[str, str], ...]:
+    md = []
+    if model:
+        md.append((MODEL_METADATA, model))
+    if identity:
+        md.append((IDENTITY_METADATA, identity))
+    return tuple(md)
+
+
+async def stream_audio(
+    stub: audio2face_pb2_grpc.A2FControllerServiceStub,
+    requests: Sequence[messages_pb2.AudioWithEmotionStream],
+    *,
+    metadata: tuple[tuple[str, str], ...] = (),
+    pace_s: float = 0.0,
+    on_frame: Callable[[StreamResult], None] | None = None,
+    send_times: list[float] | None = None,
+    timeout_s: float | None = None,
+    keep_data: bool = True,
+) -> StreamResult:
+    """Run one stream on an ``grpc.aio`` stub and collect everything it returns.
+
+    ``pace_s`` > 0 sleeps that long between audio messages (real-time pacing); each request's
+    send time (``time.perf_counter``) is appended to ``send_times`` when given.
+    ``keep_data=False`` keeps only time codes and arrival times (load generators).
+    """
+    result = StreamResult(started_s=time.perf_counter())
+
+    async def gen() -> AsyncIterator[messages_pb2.AudioWithEmotionStream]:
+        for i, req in enumerate(requests):
+            if pace_s > 0 and i > 1 and req.HasField("audio_with_emotion"):
+                await asyncio.sleep(pace_s)
+            if send_times is not None:
+                send_times.append(time.perf_counter())
+            yield req
+        result.audio_done_s = time.perf_counter()
+
+    call = stub.ProcessAudioStream(gen(), metadata=metadata, timeout=timeout_s)
+    try:
+        for key, value in await call.initial_metadata() or ():
+            if key == VERSION_METADATA:
+                result.model_version = str(value)
+        async for msg in call:
+            part = msg.WhichOneof("stream_part")
+            result.order.append(part or "")
+            if part == "animation_data_stream_header":
+                h = msg.animation_data_stream_header
+                result.blend_shapes = list(h.skel_animation_header.blend_shapes)
+                result.header_audio_rate = h.audio_header.samples_per_second
+            elif part == "animation_data":
+                now = time.perf_counter()
+                data = msg.animation_data
+                for bw in data.skel_animation.blend_shape_weights:
+                    result.time_codes.append(bw.time_code)
+                    result.frame_arrival_s.append(now)
+                    if keep_data:
+                        result.weights.append(list(bw.values))
+                if keep_data and data.HasField("audio"):
+                    result.audio_time_codes.append(data.audio.time_code)
+                    result.audio_sizes.append(len(data.audio.audio_buffer))
+                    result.audio.extend(data.audio.audio_buffer)
+                if on_frame is not None:
+                    on_frame(result)
+            elif part == "event":
+                result.end_event = True
+            elif part == "status":
+                result.status_code = msg.status.code
+                result.status_message = msg.status.message
+        result.grpc_code = await call.code()
+        result.grpc_details = await call.details() or ""
+    except grpc.aio.AioRpcError as err:
+        result.grpc_code = err.code()
+        result.grpc_details = err.details() or ""
+    result.ended_s = time.perf_counter()
+    return result
+
+
+def next_output_dir(out: Path) -> Path:
+    """``out/output_000001``, or the next number not taken yet."""
+    out.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while (out / f"output_{n:06d}").exists():
+        n += 1
+    d = out / f"output_{n:06d}"
+    d.mkdir()
+    return d
+
+
+def write_outputs(result: StreamResult, out_dir: Path, audio_rate: int) -> None:
+    with open(out_dir / "animation_frames.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["timeCode", *(f"blendShapes.{n}" for n in result.blend_shapes)])
+        for t, values in zip(result.time_codes, result.weights, strict=True):
+            w.writerow([f"{t:.6f}", *(f"{v:.6f}" for v in values)])
+    write_wav(out_dir / "out.wav", bytes(result.audio), audio_rate)
+
+
+async def run_client(wav: Path, server: str, *, model: str | None = None,
+                     identity: str | None = None, emotions: Sequence[EmotionKey] = (),
+                     face_params: dict[str, float] | None = None, out: Path = Path("."),
+                     quiet: bool = False, realtime: bool = False) -> tuple[StreamResult, Path]:
+    """Stream one WAV file and write the outputs; returns the result and the output folder."""
+    pcm, rate = read_wav(wav)
+    requests = build_requests(pcm, rate, emotions=emotions, face_params=face_params)
+    seconds = len(pcm) / 2 / rate
+    last_print = [0.0]
+
+    def progress(r: StreamResult) -> None:
+        now = time.perf_counter()
+        if not quiet and now - last_print[0] >= 0.5:
+            last_print[0] = now
+            t = r.time_codes[-1] if r.time_codes else 0.0
+            print(f"  {len(r.time_codes)} frames received, up to {t:.2f}s of {seconds:.2f}s",
+                  flush=True)
+
+    async with grpc.aio.insecure_channel(server) as channel:
+        stub = audio2face_pb2_grpc.A2FControllerServiceStub(channel)
+        if not quiet:
+            print(f"streaming {wav} ({seconds:.2f}s at {rate} Hz) to {server}", flush=True)
+        result = await stream_audio(stub, requests, metadata=call_metadata(model, identity),
+                                    on_frame=progress, pace_s=1.0 if realtime else 0.0)
+    out_dir = next_output_dir(out)
+    write_outputs(result, out_dir, result.header_audio_rate or rate)
+    if not quiet:
+        status = (status_pb2.Status.Code.Name(result.status_code)
+                  if result.status_code >= 0 else "none")
+        print(f"status: {status} {result.status_message}".rstrip())
+        if result.grpc_code not in (None, grpc.StatusCode.OK):
+            print(f"gRPC error: {result.grpc_code.name}: {result.grpc_details}")
+        print(f"{len(result.time_codes)} frames, {len(result.blend_shapes)} blendshapes, "
+              f"achieved {result.fps:.1f} FPS; model version {result.model_version or '?'}")
+        print(f"wrote {out_dir / 'animation_frames.csv'} and {out_dir / 'out.wav'}")
+    return result, out_dir
+
+
+def _face_param(text: str) -> tuple[str, float]:
+    k, _, v = text.partition("=")
+    try:
+        return k.strip(), float(v)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"bad face parameter {text!r}: expected name=value, "
+                                         "e.g. upperFaceStrength=1.2") from err
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="a2f-client", description="Stream a 16-bit mono WAV through an Audio2Face-3D "
+        "server and save the animation (animation_frames.csv) and audio (out.wav).")
+    p.add_argument("wav", type=Path, help="16-bit mono PCM WAV file")
+    p.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT (default %(default)s)")
+    p.add_argument("--model", help="model folder name (request metadata x-a2f-model)")
+    p.add_argument("--identity", help="identity of a multi-identity model (x-a2f-identity)")
+    p.add_argument("--emotion", action="append", type=EmotionKey.parse, default=[],
+                   metavar="NAME=VALUE@T", help="emotion keyframe, repeatable (joy=0.8@0)")
+    p.add_argument("--face-param", action="append", type=_face_param, default=[],
+                   metavar="NAME=VALUE", help="face parameter, repeatable (skinStrength=1.1)")
+    p.add_argument("--out", type=Path, default=Path("."),
+                   help="output folder; results go to OUT/output_NNNNNN (default: .)")
+    p.add_argument("--realtime", action="store_true",
+                   help="send each 1-second chunk one second after the previous one")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result, _ = asyncio.run(run_client(
+            args.wav, args.server, model=args.model, identity=args.identity,
+            emotions=args.emotion, face_params=dict(args.face_param), out=args.out,
+            quiet=args.quiet, realtime=args.realtime))
+    except (WavFormatError, FileNotFoundError) as err:
+        print(f"a2f-client: {err}", file=sys.stderr)
+        return 2
+    if not result.ok:
+        print(f"a2f-client: stream failed: {result.status_message or result.grpc_details}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def synthetic_speech(seconds: float, rate: int = 16000, seed: int = 0) -> bytes:
+    """Speech-like 16-bit PCM: voiced syllables (a gliding pitch with formant-like harmonics,
+    about 4 per second) separated by short pauses. For demos, tests and benchmarks."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    pitch = 120 + 30 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6))
+    phase = 2 * np.pi * np.cumsum(pitch) / rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 12))
+    syllable = np.clip(np.sin(2 * np.pi * 4.0 * t + rng.uniform(0, 6)), 0, None) ** 0.7
+    pauses = (np.sin(2 * np.pi * 0.35 * t) > -0.8).astype(np.float64)
+    noise = 0.05 * rng.standard_normal(n)
+    x = (voice * syllable * pauses + noise * syllable) * 0.25
+    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()

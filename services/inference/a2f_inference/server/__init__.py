@@ -1,0 +1,1 @@
+"""The gRPC inference server: thin servicers, the model registry, metrics, configuration."""

@@ -1,0 +1,193 @@
+"""The inference server: one ``grpc.aio`` server with every service, plus Prometheus.
+
+Lifecycle: :meth:`InferenceServer.start` listens at once with health NOT_SERVING, loads the
+models in a worker thread, then reports SERVING. :meth:`InferenceServer.stop` (SIGTERM)
+turns health NOT_SERVING, refuses new streams, lets open streams finish within the grace
+period, then releases the models. Both are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from a2f_inference.proto_gen.a2f_admin import admin_pb2, admin_pb2_grpc
+from a2f_inference.proto_gen.nvidia_audio2face_3d import (
+    a2x_export_config_pb2,
+    a2x_export_config_pb2_grpc,
+    audio2face_pb2,
+    audio2face_pb2_grpc,
+)
+from a2f_inference.server.config import ServerConfig
+from a2f_inference.server.metrics import InferenceMetrics
+from a2f_inference.server.registry import ModelRegistry
+from a2f_inference.server.servicers import (
+    A2FControllerServicer,
+    A2XExportConfigServicer,
+    ModelAdminServicer,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    audio2face_pb2.DESCRIPTOR.services_by_name["A2FControllerService"].full_name,
+    a2x_export_config_pb2.DESCRIPTOR.services_by_name["A2XExportConfigService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name,
+)
+# 16 MiB: a 10 s buffer at 144 kHz is 2.9 MB; leave room.
+_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class InferenceServer:
+    """Runs on the current asyncio loop; construct, ``await start()``, ``await stop()``."""
+
+    def __init__(self, config: ServerConfig, metrics_registry: CollectorRegistry | None = None,
+                 registry: ModelRegistry | None = None) -> None:
+        self.config = config
+        self.metrics = InferenceMetrics(metrics_registry)
+        self.registry = registry or ModelRegistry(config, self.metrics)
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self.metrics_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._metrics_http: Any = None
+        self._stopped = asyncio.Event()
+        self._stopping = False
+
+    async def start(self, load_models: bool = True) -> None:
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ])
+        audio2face_pb2_grpc.add_A2FControllerServiceServicer_to_server(
+            A2FControllerServicer(self.registry, self.config, self.metrics), server)
+        a2x_export_config_pb2_grpc.add_A2XExportConfigServiceServicer_to_server(
+            A2XExportConfigServicer(self.registry, self.config), server)
+        admin_pb2_grpc.add_ModelAdminServicer_to_server(ModelAdminServicer(self.registry), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        address = f"{self.config.host}:{self.config.port}"
+        self.port = server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.start()
+        self._server = server
+        log.info("listening on %s:%d (gRPC)", self.config.host, self.port)
+        if self.config.metrics_port >= 0:
+            http, _thread = start_http_server(self.config.metrics_port, addr=self.config.host,
+                                              registry=self.metrics.registry)
+            self._metrics_http = http
+            self.metrics_port = int(http.server_port)
+            log.info("Prometheus metrics on %s:%d/metrics", self.config.host, self.metrics_port)
+        if load_models:
+            await asyncio.to_thread(self.registry.load_all)
+        await self.refresh_health()
+
+    async def refresh_health(self) -> None:
+        """SERVING while the default model is loaded (and not shutting down), else NOT_SERVING.
+
+        Call again after the registry changed (hot reload)."""
+        if self._stopping:
+            return
+        names = self.registry.names()
+        if self.config.default_model in names:
+            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+            log.info("serving models %s (default %s)", names, self.config.default_model)
+        else:
+            await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            log.error("not ready: the default model %r is not loaded (loaded: %s); check "
+                      "A2F_MODEL_PATH and the models root %s", self.config.default_model,
+                      names or "none", self.config.models_root)
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING, no new streams, open streams get ``grace_s``, then everything stops."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        grace = self.config.grace_s if grace_s is None else grace_s
+        try:
+            await self.health.enter_graceful_shutdown()
+            self.registry.stop_accepting()
+            log.info("shutting down: %d open stream(s), grace %.1fs",
+                     self.registry.open_streams, grace)
+            if self._server is not None:
+                await self._server.stop(grace)
+        finally:
+            await asyncio.to_thread(self.registry.close)
+            if self._metrics_http is not None:
+                self._metrics_http.shutdown()
+                self._metrics_http.server_close()
+            log.info("stopped")
+            self._stopped.set()
+
+    async def wait_closed(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(config: ServerConfig) -> int:
+    """Run until SIGTERM/SIGINT, then shut down gracefully; the process exit code."""
+    server = InferenceServer(config)
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    await server.start()
+    await stop_requested.wait()
+    log.info("signal received: draining")
+    await server.stop()
+    return 0
+
+
+class BackgroundServer:
+    """The server on its own thread and loop: for benchmarks, the demo and tests."""
+
+    def __init__(self, config: ServerConfig,
+                 metrics_registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self._metrics_registry = metrics_registry or CollectorRegistry()
+        self.server: InferenceServer | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="a2f-server",
+                                        daemon=True)
+
+    def start(self) -> InferenceServer:
+        self._thread.start()
+        self.server = InferenceServer(self.config, self._metrics_registry)
+        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result()
+        return self.server
+
+    @property
+    def address(self) -> str:
+        assert self.server is not None
+        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host
+        return f"{host}:{self.server.port}"
+
+    def stop(self, grace_s: float = 1.0) -> None:
+        if self.server is not None:
+            asyncio.run_coroutine_threadsafe(self.server.stop(grace_s), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def __enter__(self) -> BackgroundServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,152 @@
+"""Configuration of the inference server: one typed dataclass, read from flags or env vars.
+
+Every field has an environment variable (``A2F_INFERENCE_<FIELD>``) and a CLI flag
+(``--<field-with-dashes>``); a flag wins over the variable. The seed's variables keep their
+meaning: ``A2F_MODEL_DATA_PATH`` is the models root and ``A2F_MODEL_PATH`` names the default
+model (its ``model.json``, or the folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from a2f_volume.errors import InvalidArgumentError
+
+ENV_PREFIX = "A2F_INFERENCE_"
+ENGINE_POLICIES = ("require-built", "onnx-fallback")
+
+# Fields whose env var is the seed's name rather than the prefixed one.
+_SEED_ENV = {"models_root": "A2F_MODEL_DATA_PATH", "model_path": "A2F_MODEL_PATH"}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings of ``a2f-inference``.
+
+    Attributes:
+        models_root: directory holding one folder per model (default ``/data/models``).
+        model_path: the default model's ``model.json`` or folder; its folder name is the
+            default model (default ``<models_root>/multi-diffusion/model.json``).
+        host: address to listen on (default ``0.0.0.0``).
+        port: gRPC port (default 50051, as the seed).
+        metrics_port: Prometheus port (default 9400; 0 picks a free one, -1 disables).
+        max_streams: cap on concurrent streams; more get RESOURCE_EXHAUSTED (default 64).
+        max_clip_s: longest clip a stream may send, in seconds (default 300).
+        max_buffer_s: longest single audio buffer, in seconds (default 10).
+        idle_timeout_s: a stream that sends nothing for this long is ended (default 30).
+        output_fps: animation frames per second sent (default 30).
+        grace_s: on SIGTERM, how long open streams get to finish (default 30).
+        max_batch: cap on the cross-stream batch; 0 takes the model's ``trt_info.json``
+            default (default 0).
+        max_wait_s: how long the scheduler waits to fill a batch (default 0.004).
+        engine_policy: ``onnx-fallback`` loads ``network.onnx`` with ONNX Runtime when no valid
+            built engine exists; ``require-built`` refuses such a model (default onnx-fallback).
+        ort_threads: ONNX Runtime intra-op threads per model, 0 = runtime's choice (default 0).
+        log_level: root log level name (default INFO).
+    """
+
+    models_root: Path = Path("/data/models")
+    model_path: Path | None = None
+    host: str = "0.0.0.0"
+    port: int = 50051
+    metrics_port: int = 9400
+    max_streams: int = 64
+    max_clip_s: float = 300.0
+    max_buffer_s: float = 10.0
+    idle_timeout_s: float = 30.0
+    output_fps: float = 30.0
+    grace_s: float = 30.0
+    max_batch: int = 0
+    max_wait_s: float = 0.004
+    engine_policy: str = "onnx-fallback"
+    ort_threads: int = 0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise InvalidArgumentError(f"invalid server setting: {what}")
+
+        need(0 <= self.port <= 65535, f"port {self.port}, expected 0..65535")
+        need(-1 <= self.metrics_port <= 65535,
+             f"metrics_port {self.metrics_port}, expected -1 (off), 0 (any) or a port")
+        need(self.max_streams >= 1, f"max_streams {self.max_streams}, expected >= 1")
+        need(self.max_clip_s > 0, f"max_clip_s {self.max_clip_s}, expected > 0")
+        need(self.max_buffer_s > 0, f"max_buffer_s {self.max_buffer_s}, expected > 0")
+        need(self.idle_timeout_s > 0, f"idle_timeout_s {self.idle_timeout_s}, expected > 0")
+        need(1 <= self.output_fps <= 240, f"output_fps {self.output_fps}, expected 1..240")
+        need(self.grace_s >= 0, f"grace_s {self.grace_s}, expected >= 0")
+        need(self.max_batch >= 0, f"max_batch {self.max_batch}, expected >= 0 (0 = model's)")
+        need(0 <= self.max_wait_s <= 1, f"max_wait_s {self.max_wait_s}, expected 0..1")
+        need(self.engine_policy in ENGINE_POLICIES,
+             f"engine_policy {self.engine_policy!r}, expected one of {ENGINE_POLICIES}")
+        need(self.ort_threads >= 0, f"ort_threads {self.ort_threads}, expected >= 0")
+
+    @property
+    def default_model(self) -> str:
+        """Name of the default model (the folder of ``model_path``)."""
+        if self.model_path is None:
+            return "multi-diffusion"
+        p = Path(self.model_path)
+        return p.parent.name if p.name.endswith(".json") else p.name
+
+    @classmethod
+    def env_name(cls, field_name: str) -> str:
+        return _SEED_ENV.get(field_name, ENV_PREFIX + field_name.upper())
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
+        """Build from environment variables, then apply ``overrides`` (already typed)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(cls.env_name(f.name))
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One flag per field; unset flags fall back to the env var, then the default."""
+        for f in fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            kind = _kind(f)
+            parser.add_argument(
+                flag, dest=f.name, default=None,
+                type=(Path if kind is Path else kind),
+                help=f"env {cls.env_name(f.name)}",
+            )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace,
+                  environ: Mapping[str, str] | None = None) -> ServerConfig:
+        given = {f.name: getattr(args, f.name, None) for f in fields(cls)}
+        return cls.from_env(environ, **given)
+
+
+def _kind(f: dataclasses.Field[Any]) -> type:
+    t = str(f.type)
+    if "Path" in t:
+        return Path
+    if t == "int":
+        return int
+    if t == "float":
+        return float
+    return str
+
+
+def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = _kind(f)
+    try:
+        return kind(raw)
+    except ValueError as err:
+        raise InvalidArgumentError(
+            f"invalid value {raw!r} for {ServerConfig.env_name(f.name)}: expected {kind.__name__}"
+        ) from err

@@ -1,0 +1,89 @@
+"""A client written only against NVIDIA's published stubs, like their sample app.
+
+Run as ``python nvidia_stub_client.py HOST:PORT WAV [MODEL]``; prints one JSON object with
+what came back (kept out of the server's process and packages on purpose).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+import wave
+
+import grpc
+from nvidia_ace import audio_pb2
+from nvidia_audio2face_3d import audio2face_pb2_grpc, messages_pb2
+
+
+def main() -> None:
+    target, wav_path = sys.argv[1], sys.argv[2]
+    model = sys.argv[3] if len(sys.argv) > 3 else None
+    with wave.open(wav_path, "rb") as w:
+        rate = w.getframerate()
+        pcm = w.readframes(w.getnframes())
+    sent_all = threading.Event()
+    timing: dict[str, float] = {}
+
+    def requests():  # type: ignore[no-untyped-def]
+        header = messages_pb2.AudioWithEmotionStreamHeader(
+            audio_header=audio_pb2.AudioHeader(
+                audio_format=audio_pb2.AudioHeader.AUDIO_FORMAT_PCM, channel_count=1,
+                samples_per_second=rate, bits_per_sample=16))
+        header.face_params.float_params["upperFaceStrength"] = 1.2
+        header.blendshape_params.bs_weight_multipliers["JawOpen"] = 1.0
+        header.emotion_post_processing_params.emotion_strength = 0.6
+        yield messages_pb2.AudioWithEmotionStream(audio_stream_header=header)
+        step = rate * 2  # 1-second chunks, like the sample client
+        for i, start in enumerate(range(0, len(pcm), step)):
+            chunk = messages_pb2.AudioWithEmotion(audio_buffer=pcm[start:start + step])
+            if i == 0:
+                for t, name in ((0.0, "joy"), (1.0, "fear")):
+                    e = messages_pb2.EmotionWithTimeCode(time_code=t)
+                    e.emotion[name] = 1.0
+                    chunk.emotions.append(e)
+            yield messages_pb2.AudioWithEmotionStream(audio_with_emotion=chunk)
+            time.sleep(1.0)  # real-time pacing: frames must arrive before the end
+        timing["audio_done"] = time.monotonic()
+        sent_all.set()
+        yield messages_pb2.AudioWithEmotionStream(
+            end_of_audio=messages_pb2.AudioWithEmotionStream.EndOfAudio())
+
+    out: dict = {"order": [], "time_codes": [], "n_values": [], "audio_bytes": [],
+                 "audio_time_codes": []}
+    md = (("x-a2f-model", model),) if model else ()
+    with grpc.insecure_channel(target) as channel:
+        stub = audio2face_pb2_grpc.A2FControllerServiceStub(channel)
+        responses = stub.ProcessAudioStream(requests(), metadata=md)
+        for msg in responses:
+            part = msg.WhichOneof("stream_part")
+            out["order"].append(part)
+            if part == "animation_data_stream_header":
+                h = msg.animation_data_stream_header
+                out["blend_shapes"] = list(h.skel_animation_header.blend_shapes)
+                out["header_rate"] = h.audio_header.samples_per_second
+                out["header_channels"] = h.audio_header.channel_count
+                out["header_bits"] = h.audio_header.bits_per_sample
+            elif part == "animation_data":
+                if "first_frame" not in timing:
+                    timing["first_frame"] = time.monotonic()
+                    out["first_frame_before_end_of_audio"] = not sent_all.is_set()
+                for bw in msg.animation_data.skel_animation.blend_shape_weights:
+                    out["time_codes"].append(bw.time_code)
+                    out["n_values"].append(len(bw.values))
+                out["audio_bytes"].append(len(msg.animation_data.audio.audio_buffer))
+                out["audio_time_codes"].append(msg.animation_data.audio.time_code)
+            elif part == "event":
+                out["event_type"] = msg.event.event_type
+            elif part == "status":
+                out["status_code"] = msg.status.code
+                out["status_message"] = msg.status.message
+        out["grpc_code"] = responses.code().name
+        out["initial_metadata"] = dict(responses.initial_metadata())
+    out["audio_seconds"] = len(pcm) / 2 / rate
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Server settings: flags double as env vars, the seed's variables keep their meaning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from a2f_inference.server.cli import build_parser
+from a2f_inference.server.config import ServerConfig
+from a2f_volume.errors import InvalidArgumentError
+
+
+def test_seed_env_vars_name_models_root_and_default_model() -> None:
+    cfg = ServerConfig.from_env({"A2F_MODEL_DATA_PATH": "/models",
+                                 "A2F_MODEL_PATH": "/models/a23/model.json"})
+    assert cfg.models_root == Path("/models")
+    assert cfg.default_model == "a23"
+    assert cfg.port == 50051
+
+
+def test_defaults_match_the_seed() -> None:
+    cfg = ServerConfig.from_env({})
+    assert cfg.models_root == Path("/data/models")
+    assert cfg.default_model == "multi-diffusion"
+    assert (cfg.max_clip_s, cfg.max_buffer_s, cfg.idle_timeout_s) == (300, 10, 30)
+
+
+def test_flag_wins_over_env_var() -> None:
+    args = build_parser().parse_args(["--port", "6000", "--max-streams", "3"])
+    cfg = ServerConfig.from_args(args, {"A2F_INFERENCE_PORT": "7000",
+                                        "A2F_INFERENCE_OUTPUT_FPS": "60"})
+    assert (cfg.port, cfg.max_streams, cfg.output_fps) == (6000, 3, 60.0)
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"A2F_INFERENCE_PORT": "x"}, "A2F_INFERENCE_PORT"),
+    ({"A2F_INFERENCE_MAX_STREAMS": "0"}, "max_streams 0, expected >= 1"),
+    ({"A2F_INFERENCE_ENGINE_POLICY": "maybe"}, "require-built"),
+])
+def test_bad_setting_names_the_setting_and_what_is_allowed(env: dict[str, str],
+                                                           needle: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=needle):
+        ServerConfig.from_env(env)
