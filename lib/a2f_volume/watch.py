@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,9 @@ logger = logging.getLogger(__name__)
 Signature = tuple[str, tuple[tuple[str, int, int, int], ...]]
 
 _IGNORED_FILES = frozenset({".a2f-lease"})
+# Reads change nothing; reacting to them would let any reader (a hash check, a model load)
+# keep the debounce from ever settling.
+_READ_ONLY_EVENTS = frozenset({"opened", "closed_no_write"})
 
 
 def folder_signature(folder: Path) -> Signature | None:
@@ -127,6 +131,8 @@ class VolumeWatcher:
 
         class _Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type in _READ_ONLY_EVENTS:
+                    return
                 paths = [os.fsdecode(event.src_path)]
                 dest = getattr(event, "dest_path", "")
                 if dest:
@@ -164,12 +170,14 @@ class VolumeWatcher:
             if self._stop.is_set():
                 return
             if self._wake.is_set():
-                # Debounce: wait until no event arrived for debounce_s.
+                # Debounce: wait until no event arrived for debounce_s, but never longer than
+                # one rescan period (a volume that never goes quiet is still rescanned).
+                settle_by = time.monotonic() + max(self._poll_interval_s, self._debounce_s)
                 while True:
                     self._wake.clear()
                     if self._stop.wait(self._debounce_s):
                         return
-                    if not self._wake.is_set():
+                    if not self._wake.is_set() or time.monotonic() >= settle_by:
                         break
             try:
                 self._rescan(report_all=False)

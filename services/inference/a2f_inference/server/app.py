@@ -1,9 +1,12 @@
 """The inference server: one ``grpc.aio`` server with every service, plus Prometheus.
 
 Lifecycle: :meth:`InferenceServer.start` listens at once with health NOT_SERVING, loads the
-models in a worker thread, then reports SERVING. :meth:`InferenceServer.stop` (SIGTERM)
-turns health NOT_SERVING, refuses new streams, lets open streams finish within the grace
-period, then releases the models. Both are idempotent.
+models in a worker thread, then reports SERVING. With hot reload on (the default) a
+:class:`~a2f_inference.server.reload.ModelReloader` then keeps watching the volume and swaps
+new versions in for new streams; every model also has its own health service name
+(``a2f.model.<name>``). :meth:`InferenceServer.stop` (SIGTERM) turns health NOT_SERVING,
+refuses new streams, lets open streams finish within the grace period, then releases the
+models. Both are idempotent.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from a2f_inference.proto_gen.nvidia_audio2face_3d import (
 )
 from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.metrics import InferenceMetrics
-from a2f_inference.server.registry import ModelRegistry
+from a2f_inference.server.registry import LoadedModel, ModelRegistry
+from a2f_inference.server.reload import ModelReloader, health_service_name
 from a2f_inference.server.servicers import (
     A2FControllerServicer,
     A2XExportConfigServicer,
@@ -61,6 +65,17 @@ class InferenceServer:
         self._metrics_http: Any = None
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._health_models: set[str] = set()
+        self.reloader: ModelReloader[LoadedModel] | None = None
+        if config.hot_reload != "off":
+            self.reloader = ModelReloader(
+                config.models_root, self.registry, self.registry.load_version,
+                require_built_engine=config.engine_policy == "require-built",
+                poll_interval_s=config.reload_poll_s, debounce_s=config.reload_debounce_s,
+                use_inotify=config.hot_reload == "inotify", metrics=self.metrics,
+                on_change=self._model_changed)
+        self.metrics.watch_versions(self._version_rows)
 
     async def start(self, load_models: bool = True) -> None:
         server = grpc.aio.server(options=[
@@ -72,7 +87,10 @@ class InferenceServer:
             A2FControllerServicer(self.registry, self.config, self.metrics), server)
         a2x_export_config_pb2_grpc.add_A2XExportConfigServiceServicer_to_server(
             A2XExportConfigServicer(self.registry, self.config), server)
-        admin_pb2_grpc.add_ModelAdminServicer_to_server(ModelAdminServicer(self.registry), server)
+        admin_pb2_grpc.add_ModelAdminServicer_to_server(
+            ModelAdminServicer(self.registry,
+                               self.reloader.status if self.reloader is not None else None),
+            server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -90,8 +108,12 @@ class InferenceServer:
             self._metrics_http = http
             self.metrics_port = int(http.server_port)
             log.info("Prometheus metrics on %s:%d/metrics", self.config.host, self.metrics_port)
+        self._loop = asyncio.get_running_loop()
         if load_models:
-            await asyncio.to_thread(self.registry.load_all)
+            if self.reloader is not None:
+                await asyncio.to_thread(self._start_reloader)
+            else:
+                await asyncio.to_thread(self.registry.load_all)
         await self.refresh_health()
 
     async def refresh_health(self) -> None:
@@ -101,6 +123,11 @@ class InferenceServer:
         if self._stopping:
             return
         names = self.registry.names()
+        for name in set(names) | self._health_models:  # per model: a2f.model.<name>
+            await self.health.set(health_service_name(name),
+                                  health_pb2.HealthCheckResponse.SERVING if name in names
+                                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._health_models |= set(names)
         if self.config.default_model in names:
             await self._set_health(health_pb2.HealthCheckResponse.SERVING)
             log.info("serving models %s (default %s)", names, self.config.default_model)
@@ -114,6 +141,30 @@ class InferenceServer:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
 
+    def _start_reloader(self) -> None:
+        """Watch the volume; return once the first pass loaded (or gave up on) every model."""
+        assert self.reloader is not None
+        self.reloader.start()
+        self.reloader.wait_idle(timeout_s=24 * 3600.0)
+
+    def _model_changed(self, name: str, serving: bool) -> None:
+        """Reloader thread: a model started or stopped being served."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and not self._stopping:
+            asyncio.run_coroutine_threadsafe(self.refresh_health(), loop)
+
+    def _version_rows(self) -> list[tuple[str, str, str, int]]:
+        """(model, version, state, open streams) of every version in memory or loading."""
+        rows = []
+        for st in self.registry.states():
+            if st.serving is not None:
+                rows.append((st.name, st.serving.version, "serving", st.serving.open_streams))
+            rows.extend((st.name, d.version, "draining", d.open_streams) for d in st.draining)
+        if self.reloader is not None:
+            rows.extend((name, rs.loading_version, "loading", 0)
+                        for name, rs in self.reloader.status().items() if rs.loading_version)
+        return rows
+
     async def stop(self, grace_s: float | None = None) -> None:
         """NOT_SERVING, no new streams, open streams get ``grace_s``, then everything stops."""
         if self._stopping:
@@ -124,6 +175,8 @@ class InferenceServer:
         try:
             await self.health.enter_graceful_shutdown()
             self.registry.stop_accepting()
+            if self.reloader is not None:
+                await asyncio.to_thread(self.reloader.stop)
             log.info("shutting down: %d open stream(s), grace %.1fs",
                      self.registry.open_streams, grace)
             if self._server is not None:

@@ -20,6 +20,7 @@ from a2f_volume.errors import InvalidArgumentError
 
 ENV_PREFIX = "A2F_INFERENCE_"
 ENGINE_POLICIES = ("require-built", "onnx-fallback")
+HOT_RELOAD_MODES = ("inotify", "poll", "off")
 
 # Fields whose env var is the seed's name rather than the prefixed one.
 _SEED_ENV = {"models_root": "A2F_MODEL_DATA_PATH", "model_path": "A2F_MODEL_PATH"}
@@ -48,6 +49,11 @@ class ServerConfig:
         engine_policy: ``onnx-fallback`` loads ``network.onnx`` with ONNX Runtime when no valid
             built engine exists; ``require-built`` refuses such a model (default onnx-fallback).
         ort_threads: ONNX Runtime intra-op threads per model, 0 = runtime's choice (default 0).
+        hot_reload: how model changes on the volume are noticed: ``inotify`` (event wake-ups
+            plus the periodic rescan), ``poll`` (the rescan only: NFS and other network
+            filesystems), ``off`` (models load once at start) (default inotify).
+        reload_poll_s: period of the full rescan of the models root (default 5).
+        reload_debounce_s: quiet time after a change before the rescan (default 0.5).
         log_level: root log level name (default INFO).
     """
 
@@ -66,6 +72,9 @@ class ServerConfig:
     max_wait_s: float = 0.004
     engine_policy: str = "onnx-fallback"
     ort_threads: int = 0
+    hot_reload: str = "inotify"
+    reload_poll_s: float = 5.0
+    reload_debounce_s: float = 0.5
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -87,6 +96,12 @@ class ServerConfig:
         need(self.engine_policy in ENGINE_POLICIES,
              f"engine_policy {self.engine_policy!r}, expected one of {ENGINE_POLICIES}")
         need(self.ort_threads >= 0, f"ort_threads {self.ort_threads}, expected >= 0")
+        need(self.hot_reload in HOT_RELOAD_MODES,
+             f"hot_reload {self.hot_reload!r}, expected one of {HOT_RELOAD_MODES}")
+        need(0.05 <= self.reload_poll_s <= 3600,
+             f"reload_poll_s {self.reload_poll_s}, expected 0.05..3600")
+        need(0 <= self.reload_debounce_s <= 60,
+             f"reload_debounce_s {self.reload_debounce_s}, expected 0..60")
 
     @property
     def default_model(self) -> str:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 STREAM_RESULTS = ("success", "error", "cancelled")
+LOAD_RESULTS = ("loaded", "failed")
+_LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5,
                     1.0, 2.5)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
@@ -47,6 +54,12 @@ class InferenceMetrics:
         self.model_info = Gauge(
             "model_info", "Models being served (1 per loaded version).",
             ["model", "version", "kind", "backend", "fingerprint"], namespace=ns, registry=reg)
+        self.model_loads = Counter(
+            "model_loads", "Model versions loaded (warmed up, taking new streams) or failed, "
+            "by the hot reload.", ["model", "result"], namespace=ns, registry=reg)
+        self.model_load_seconds = Histogram(
+            "model_load_seconds", "Time to load and warm up a model version.", ["model"],
+            namespace=ns, buckets=_LOAD_BUCKETS, registry=reg)
         for code in grpc.StatusCode:
             if code is not grpc.StatusCode.OK:
                 self.errors.labels(code.name)
@@ -62,3 +75,38 @@ class InferenceMetrics:
         self.queue_wait.labels(model)
         self.inference_time.labels(model)
         self.frame_latency.labels(model)
+        for r in LOAD_RESULTS:
+            self.model_loads.labels(model, r)
+        self.model_load_seconds.labels(model)
+
+    def watch_versions(self, versions: Callable[[], Iterable[tuple[str, str, str, int]]]
+                       ) -> None:
+        """Export ``versions()``, rows of (model, version, state, open streams), at each
+        scrape as ``a2f_inference_model_version_streams`` (state: serving, draining,
+        loading)."""
+        self.registry.register(_VersionCollector(versions))
+
+
+class _VersionCollector(Collector):
+    """Per model and version: its state and the streams open on it, read at scrape time
+    (no stale label sets once a version is released)."""
+
+    def __init__(self, versions: Callable[[], Iterable[tuple[str, str, str, int]]]) -> None:
+        self._versions = versions
+
+    def describe(self) -> list[Any]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        for model, version, state, streams in self._versions():
+            family.add_metric([model, version, state], streams)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "a2f_inference_model_version_streams",
+            "Streams open per model version; the state label says whether the version takes "
+            "new streams (serving), only finishes open ones (draining) or is being loaded "
+            "(loading, always 0).", labels=["model", "version", "state"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import inspect
 import json
 import logging
 import threading
@@ -25,6 +26,7 @@ from typing import Any
 from a2f_engine.base import Engine
 from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.metrics import InferenceMetrics
+from a2f_inference.server.reload import trim_memory
 from a2f_volume import layout
 from a2f_volume.errors import (
     A2FError,
@@ -226,13 +228,17 @@ def _warm_up(runtime: Any) -> None:
 
 
 def load_model(folder: Path, config: ServerConfig,
-               metrics: InferenceMetrics | None = None) -> LoadedModel:
-    """Load a model folder: parse it, load its engine, start its runtime and scheduler."""
+               metrics: InferenceMetrics | None = None, name: str | None = None) -> LoadedModel:
+    """Load a model folder: parse it, load its engine, start its runtime and scheduler.
+
+    ``name`` is the model's name when ``folder`` is a pinned version directory (whose own
+    name is the version id); default the folder's name.
+    """
     from a2f_inference.pipeline.runtime import ModelRuntime
     from a2f_inference.pipeline.scheduler import BatchScheduler
 
     t0 = time.perf_counter()
-    name = folder.name
+    name = name or folder.name
     version = folder_version(folder)
     max_batch = model_max_batch(folder, config.max_batch)
     choice = load_engine_for(folder, config, max_batch)
@@ -343,6 +349,49 @@ class ModelRegistry:
             self.metrics.model_info.remove(lm.name, lm.version, lm.kind, lm.backend,
                                            lm.fingerprint)
         lm.close()
+        trim_memory()
+
+    # -- hot reload (server.reload.ModelReloader drives these) ----------------------------
+    def load_version(self, name: str, version_dir: Path) -> LoadedModel:
+        """Load one version of model ``name`` from its pinned directory (raises on failure)."""
+        if "name" in inspect.signature(self._loader).parameters:
+            return self._loader(version_dir, self.config, self.metrics, name=name)
+        lm = self._loader(version_dir, self.config, self.metrics)  # a loader without names
+        lm.name = name
+        return lm
+
+    def serving_key(self, name: str) -> tuple[str, str] | None:
+        """(version, engine fingerprint) of the version taking new streams of ``name``."""
+        with self._lock:
+            lm = self._serving.get(name)
+            return None if lm is None else (lm.version, lm.fingerprint)
+
+    def resident_versions(self, name: str) -> int:
+        """Versions of ``name`` in memory: the serving one and those still draining."""
+        with self._lock:
+            return int(name in self._serving) + len(self._draining.get(name, []))
+
+    def retire(self, name: str) -> bool:
+        """``name`` takes no new streams; its open streams finish, then it is released."""
+        with self._lock:
+            lm = self._serving.pop(name, None)
+            self._failed.pop(name, None)
+            if lm is None:
+                return False
+            lm.retired = True
+            to_close = lm if lm.open_streams == 0 else None
+            if to_close is None:
+                self._draining.setdefault(name, []).append(lm)
+        if to_close is not None:
+            self._release_model(to_close)
+        return True
+
+    def record_failure(self, name: str, message: str) -> None:
+        """A version of ``name`` failed to load; shown by the admin service while nothing
+        of ``name`` is served."""
+        with self._lock:
+            if name not in self._serving:
+                self._failed[name] = message
 
     # -- streams -------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -393,6 +442,8 @@ class ModelRegistry:
                 drain = self._draining.get(lm.name, [])
                 if lm in drain:
                     drain.remove(lm)
+                if not drain:
+                    self._draining.pop(lm.name, None)
         if done:
             self._release_model(lm)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -21,6 +21,7 @@ from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.errors import to_status
 from a2f_inference.server.metrics import InferenceMetrics
 from a2f_inference.server.registry import LoadedModel, ModelRegistry
+from a2f_inference.server.reload import ReloadStatus
 from a2f_inference.server.streaming import AudioStreamCall
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,10 @@ class A2XExportConfigServicer(a2x_export_config_pb2_grpc.A2XExportConfigServiceS
 class ModelAdminServicer(admin_pb2_grpc.ModelAdminServicer):
     """``a2f.admin.v1.ModelAdmin``: what the server holds."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry,
+                 reload_status: Callable[[], Mapping[str, ReloadStatus]] | None = None) -> None:
         self.registry = registry
+        self.reload_status = reload_status
 
     async def ListModels(
         self, request: admin_pb2.ListModelsRequest, context: grpc.aio.ServicerContext,
@@ -111,9 +114,31 @@ class ModelAdminServicer(admin_pb2_grpc.ModelAdminServicer):
         try:
             default = self.registry.config.default_model
             resp = admin_pb2.ListModelsResponse()
-            for st in self.registry.states():
+            reloads = dict(self.reload_status()) if self.reload_status is not None else {}
+            states = {st.name: st for st in self.registry.states()}
+            for name in sorted(states.keys() | reloads.keys()):
+                st = states.get(name)
+                rs = reloads.get(name)
+                if st is None:  # known to the reloader only: not served (yet)
+                    assert rs is not None
+                    state = ("loading" if rs.loading_version else
+                             "failed" if rs.error else "waiting")
+                    resp.models.append(admin_pb2.ModelInfo(
+                        name=name, state=state, error=rs.error, is_default=name == default,
+                        loading_version=rs.loading_version, waiting_version=rs.waiting_version,
+                        waiting_reason=rs.waiting_reason))
+                    continue
                 info = admin_pb2.ModelInfo(name=st.name, state=st.state, error=st.error,
                                            is_default=st.name == default)
+                if rs is not None:
+                    info.loading_version = rs.loading_version
+                    info.waiting_version = rs.waiting_version
+                    info.waiting_reason = rs.waiting_reason
+                    info.error = info.error or rs.error
+                for m, vstate in ([(st.serving, "serving")] if st.serving else []) + [
+                        (d, "draining") for d in st.draining]:
+                    info.versions.append(admin_pb2.VersionStreams(
+                        version=m.version, state=vstate, open_streams=m.open_streams))
                 lm = st.serving or (st.draining[0] if st.draining else None)
                 if lm is not None:
                     info.kind = lm.kind

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61\x32\x66_admin/admin.proto\x12\x0c\x61\x32\x66.admin.v1\"\x13\n\x11ListModelsRequest\"\xf0\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\nidentities\x18\x03 \x03(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x16\n\x0e\x65ngine_backend\x18\x05 \x01(\t\x12\x1a\n\x12\x65ngine_fingerprint\x18\x06 \x01(\t\x12\r\n\x05state\x18\x07 \x01(\t\x12\x14\n\x0copen_streams\x18\x08 \x01(\r\x12\x12\n\nis_default\x18\t \x01(\x08\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x13\n\x0blookahead_s\x18\x0b \x01(\x01\x12\x11\n\tmax_batch\x18\x0c \x01(\r\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.a2f.admin.v1.ModelInfo2_\n\nModelAdmin\x12Q\n\nListModels\x12\x1f.a2f.admin.v1.ListModelsRequest\x1a .a2f.admin.v1.ListModelsResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61\x32\x66_admin/admin.proto\x12\x0c\x61\x32\x66.admin.v1\"\x13\n\x11ListModelsRequest\"\xea\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\nidentities\x18\x03 \x03(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x16\n\x0e\x65ngine_backend\x18\x05 \x01(\t\x12\x1a\n\x12\x65ngine_fingerprint\x18\x06 \x01(\t\x12\r\n\x05state\x18\x07 \x01(\t\x12\x14\n\x0copen_streams\x18\x08 \x01(\r\x12\x12\n\nis_default\x18\t \x01(\x08\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x13\n\x0blookahead_s\x18\x0b \x01(\x01\x12\x11\n\tmax_batch\x18\x0c \x01(\r\x12\x17\n\x0floading_version\x18\r \x01(\t\x12\x17\n\x0fwaiting_version\x18\x0e \x01(\t\x12\x16\n\x0ewaiting_reason\x18\x0f \x01(\t\x12.\n\x08versions\x18\x10 \x03(\x0b\x32\x1c.a2f.admin.v1.VersionStreams\"F\n\x0eVersionStreams\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x14\n\x0copen_streams\x18\x03 \x01(\r\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.a2f.admin.v1.ModelInfo2_\n\nModelAdmin\x12Q\n\nListModels\x12\x1f.a2f.admin.v1.ListModelsRequest\x1a .a2f.admin.v1.ListModelsResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,9 +34,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMODELSREQUEST']._serialized_start=39
   _globals['_LISTMODELSREQUEST']._serialized_end=58
   _globals['_MODELINFO']._serialized_start=61
-  _globals['_MODELINFO']._serialized_end=301
-  _globals['_LISTMODELSRESPONSE']._serialized_start=303
-  _globals['_LISTMODELSRESPONSE']._serialized_end=364
-  _globals['_MODELADMIN']._serialized_start=366
-  _globals['_MODELADMIN']._serialized_end=461
+  _globals['_MODELINFO']._serialized_end=423
+  _globals['_VERSIONSTREAMS']._serialized_start=425
+  _globals['_VERSIONSTREAMS']._serialized_end=495
+  _globals['_LISTMODELSRESPONSE']._serialized_start=497
+  _globals['_LISTMODELSRESPONSE']._serialized_end=558
+  _globals['_MODELADMIN']._serialized_start=560
+  _globals['_MODELADMIN']._serialized_end=655
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "kind", "identities", "version", "engine_backend", "engine_fingerprint", "state", "open_streams", "is_default", "error", "lookahead_s", "max_batch")
+    __slots__ = ("name", "kind", "identities", "version", "engine_backend", "engine_fingerprint", "state", "open_streams", "is_default", "error", "lookahead_s", "max_batch", "loading_version", "waiting_version", "waiting_reason", "versions")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     IDENTITIES_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,10 @@ class ModelInfo(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LOOKAHEAD_S_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    LOADING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WAITING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WAITING_REASON_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     identities: _containers.RepeatedScalarFieldContainer[str]
@@ -36,7 +40,21 @@ class ModelInfo(_message.Message):
     error: str
     lookahead_s: float
     max_batch: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., identities: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., engine_backend: _Optional[str] = ..., engine_fingerprint: _Optional[str] = ..., state: _Optional[str] = ..., open_streams: _Optional[int] = ..., is_default: _Optional[bool] = ..., error: _Optional[str] = ..., lookahead_s: _Optional[float] = ..., max_batch: _Optional[int] = ...) -> None: ...
+    loading_version: str
+    waiting_version: str
+    waiting_reason: str
+    versions: _containers.RepeatedCompositeFieldContainer[VersionStreams]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., identities: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., engine_backend: _Optional[str] = ..., engine_fingerprint: _Optional[str] = ..., state: _Optional[str] = ..., open_streams: _Optional[int] = ..., is_default: _Optional[bool] = ..., error: _Optional[str] = ..., lookahead_s: _Optional[float] = ..., max_batch: _Optional[int] = ..., loading_version: _Optional[str] = ..., waiting_version: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionStreams, _Mapping]]] = ...) -> None: ...
+
+class VersionStreams(_message.Message):
+    __slots__ = ("version", "state", "open_streams")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OPEN_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    state: str
+    open_streams: int
+    def __init__(self, version: _Optional[str] = ..., state: _Optional[str] = ..., open_streams: _Optional[int] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
