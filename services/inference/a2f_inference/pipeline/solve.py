@@ -235,6 +235,45 @@ class FreeSetCache:
         self.scale = max(1.0, float(np.abs(m.diagonal()).max())) if m.size else 1.0
         self.max_entries = max_entries
         self._entries: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+        self._affine: dict[bytes, tuple[np.ndarray, np.ndarray, int, int]] = {}
+
+    def affine(self, state: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """For a partition ``state`` and the unit box: ``W``, ``c``, ``n``, ``nx`` such that
+        ``y = W @ rhs + c`` holds the partition's solution ``x = y[:n]``, then the
+        quantities that must be ``>= -xtol`` for it to be optimal (``x_F`` and
+        ``1 - x_F``: ``y[n:n+nx]``), then those that must be ``>= -gtol`` (the gradient at
+        the lower bound, minus the gradient at the upper bound: ``y[n+nx:]``).
+
+        Everything is affine in ``rhs`` once the partition is fixed, so a frame whose
+        partition did not change (the common case: the previous frame's warm start) costs
+        one small matrix product and three comparisons.
+        """
+        key = state.tobytes()
+        hit = self._affine.get(key)
+        if hit is not None:
+            return hit
+        m = self.m
+        n = state.size
+        free = state == _FREE
+        fi, inv = self.get(free)
+        x0 = np.where(state == _UPPER, 1.0, 0.0)
+        xmat = np.zeros((n, n))
+        xmat[np.ix_(fi, fi)] = inv
+        xc = x0.copy()
+        if fi.size:
+            xc[fi] -= inv @ (m @ x0)[fi]
+        gmat = m @ xmat - np.eye(n)
+        gc = m @ xc
+        lo = np.flatnonzero(state == _LOWER)
+        up = np.flatnonzero(state == _UPPER)
+        w = np.concatenate([xmat, xmat[fi], -xmat[fi], gmat[lo], -gmat[up]])
+        c = np.concatenate([xc, xc[fi], 1.0 - xc[fi], gc[lo], -gc[up]])
+        hit = (np.ascontiguousarray(w), c, n, 2 * fi.size)
+        if len(self._affine) >= self.max_entries // 4:
+            with contextlib.suppress(StopIteration, KeyError, RuntimeError):
+                del self._affine[next(iter(self._affine))]
+        self._affine[key] = hit
+        return hit
 
     def get(self, free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         key = free.tobytes()
@@ -335,6 +374,17 @@ class BlendshapeSolver:
     def _qp(self, rhs: np.ndarray, upper: np.ndarray, cancel: bool) -> np.ndarray:
         if not self.fast:
             return solve_box_qp_reference(self.problem.m, rhs, upper)
+        if not cancel and rhs.size:
+            # Warm start: if the previous frame's partition is still optimal (checked with
+            # the same tolerances as solve_box_qp), its affine solution is the answer.
+            w, c, n, nx = self._cache.affine(self._state)
+            y = w @ rhs
+            y += c
+            gtol = SOLVE_TOLERANCE * max(self._cache.scale, float(np.abs(rhs).max()))
+            if (nx == 0 or y[n : n + nx].min() >= -SOLVE_TOLERANCE) and (
+                y.size == n + nx or y[n + nx :].min() >= -gtol
+            ):
+                return np.clip(y[:n], 0.0, upper)
         st = self._state_cancel if cancel else self._state
         x, st_new = solve_box_qp(self.problem.m, rhs, upper, st, cache=self._cache)
         if cancel:
