@@ -400,12 +400,14 @@ class BlendshapeSolver:
         atd = np.atleast_2d(np.asarray(atd, dtype=np.float64))
         out = np.empty_like(atd)
         t = prob.temporal_rhs
+        pairs = np.asarray(prob.cancel_pairs, dtype=np.intp).reshape(-1, 2)
+        first, second = pairs[:, 0], pairs[:, 1]
         for f in range(atd.shape[0]):
             rhs = atd[f] + t * self._w_prev if t else atd[f]
             x = self._qp(rhs, self._upper, False)
-            if prob.cancel_pairs:
-                smaller = [j if x[j] <= x[i] else i for i, j in prob.cancel_pairs]
-                if any(x[k] > CANCEL_UPPER_BOUND for k in smaller):
+            if pairs.size:
+                smaller = np.where(x[second] <= x[first], second, first)
+                if x[smaller].max() > CANCEL_UPPER_BOUND:
                     upper = self._upper.copy()
                     upper[smaller] = CANCEL_UPPER_BOUND
                     x = self._qp(rhs, upper, True)
