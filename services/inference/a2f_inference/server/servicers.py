@@ -121,6 +121,8 @@ class ModelAdminServicer(admin_pb2_grpc.ModelAdminServicer):
                 rs = reloads.get(name)
                 if st is None:  # known to the reloader only: not served (yet)
                     assert rs is not None
+                    if not (rs.loading_version or rs.waiting_version or rs.error):
+                        continue  # removed from the volume: nothing left to report
                     state = ("loading" if rs.loading_version else
                              "failed" if rs.error else "waiting")
                     resp.models.append(admin_pb2.ModelInfo(
