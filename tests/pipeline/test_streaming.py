@@ -142,7 +142,7 @@ def test_engine_failure_reaches_only_its_streams(make_runtime: RuntimeFactory) -
         work = bad.take_work(2)
         assert work is not None
         work.feeds["input"] = work.feeds["input"][:, :, :100]
-        sched._run_batch([work])
+        sched._run_batch([[work]])
         assert bad.error is not None and "inference failed" in str(bad.error)
         with pytest.raises(Exception, match="inference failed"):
             drain(bad)

@@ -79,6 +79,12 @@ class RegressionClock:
         fn, fd = self.fps.numerator, self.fps.denominator
         return (2 * k * self.samplerate * fd + fn) // (2 * fn) - self.buffer_ofs
 
+    def window_starts(self, k0: int, n: int) -> np.ndarray:
+        """:meth:`window_start` of frames ``k0 .. k0 + n - 1`` (int64)."""
+        fn, fd = self.fps.numerator, self.fps.denominator
+        k = np.arange(k0, k0 + n, dtype=np.int64)
+        return (2 * self.samplerate * fd * k + fn) // (2 * fn) - self.buffer_ofs
+
     def window_end(self, k: int) -> int:
         return self.window_start(k) + self.buffer_len
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,7 +49,13 @@ from a2f_volume.model_folder import (
 )
 
 from .params import OUTPUT_BLENDSHAPE_NAMES, BlendshapeParamsNim, FaceParams
-from .solve import BlendshapeSolver, ObjectKeyedLRU, SolveProblem, problem_for
+from .solve import (
+    BlendshapeSolver,
+    ObjectKeyedLRU,
+    SolveProblem,
+    problem_for,
+    solve_streams_blocks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -402,6 +409,9 @@ class FramePostprocessor:
             tp.base + f.tongue_height_offset * tp.height + f.tongue_depth_offset * tp.depth
         )
         self._mask3: np.ndarray | None = None
+        #: streams with equal keys are post-processed together (see process_streams)
+        self._group_key = (id(self._skin_proj), id(self._tongue_proj), self.layout.size,
+                           self._upper.alpha, self._lower.alpha)
 
     def reset(self) -> None:
         """Back to stream start (filters unseeded, ``w_prev = 0``)."""
@@ -458,12 +468,7 @@ class FramePostprocessor:
         """``[F, R]`` network rows (frames in order) -> ``[F, 68]`` float32 weights
         (52 skin weights in NIM order, then 16 tongue weights). ``times_s`` is accepted for
         symmetry with :meth:`eye_rotations` and not needed for the weights."""
-        r = self._rows(rows)
-        if r.shape[0] == 0:
-            return np.zeros((0, NUM_OUTPUT_WEIGHTS), dtype=np.float32)
-        skin_w = self._skin_solver.solve(self.skin_atd(r))
-        tongue_w = self._tongue_solver.solve(self.tongue_atd(r))
-        return self._output(skin_w, tongue_w)
+        return process_streams([self], [rows])[0]
 
     def eye_rotations(self, rows: np.ndarray, times_s: np.ndarray) -> np.ndarray:
         """``[F, 4]`` eye rotations (rX, rY, lX, lY) with offsets and saccades."""
@@ -527,6 +532,91 @@ class FramePostprocessor:
         skin_w = self._skin_solver.solve_poses(p.skin)
         tongue_w = self._tongue_solver.solve_poses(p.tongue)
         return self._output(skin_w, tongue_w)
+
+
+def process_streams(pps: Sequence[FramePostprocessor], rows: Sequence[np.ndarray]
+                    ) -> list[np.ndarray]:
+    """:meth:`FramePostprocessor.process` for several streams at once: ``rows[i]`` are the
+    next network rows of ``pps[i]`` (a stream appears at most once).
+
+    Streams with the same projections and filter rates are processed together: one product
+    projects the rows of all of them, the smoothing filters run over all of them at once
+    (each stream with its own state), and the solves run vectorised frame by frame
+    (:func:`~.solve.solve_streams_blocks`, skin and tongue side by side). This removes most
+    of the per-stream and per-frame Python cost when a batch holds many streams; each
+    stream's result is the same as from its own call.
+    """
+    if len({id(pp) for pp in pps}) != len(pps):
+        raise ValueError("process_streams: a post-processor appears twice")
+    checked = [pp._rows(r) for pp, r in zip(pps, rows, strict=True)]
+    out = [np.zeros((0, NUM_OUTPUT_WEIGHTS), dtype=np.float32)] * len(pps)
+    groups: dict[tuple[object, ...], list[int]] = {}
+    for i, (pp, r) in enumerate(zip(pps, checked, strict=True)):
+        if r.shape[0] > 0:
+            groups.setdefault(pp._group_key, []).append(i)
+    todo: list[int] = []
+    atds: list[tuple[np.ndarray, np.ndarray]] = []
+    for members in groups.values():
+        todo += members
+        atds += _atd_group([pps[i] for i in members], [checked[i] for i in members])
+    solved = solve_streams_blocks(
+        [(pps[i]._skin_solver, pps[i]._tongue_solver) for i in todo], atds)
+    for i, (sw, tw) in zip(todo, solved, strict=True):
+        pp = pps[i]
+        out[i] = pp._output(pp._skin_solver.finish(sw), pp._tongue_solver.finish(tw))
+    return out
+
+
+def _atd_group(pps: list[FramePostprocessor], rows: list[np.ndarray]
+               ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Skin and tongue ``Aᵀd`` of streams sharing projections and filter rates (advances
+    their filters)."""
+    p0 = pps[0]
+    sp, tp, lay = p0._skin_proj, p0._tongue_proj, p0.layout
+    pa = p0._skin_prob.num_active
+    counts = [r.shape[0] for r in rows]
+    cat = rows[0] if len(rows) == 1 else np.concatenate(rows)
+    y = (_source(cat, lay.skin, sp.cols) @ sp.kt).astype(np.float64)
+    ty = (_source(cat, lay.tongue, tp.cols) @ tp.kt).astype(np.float64)
+    k, fmax = len(rows), max(counts)
+    padded = np.zeros((k, fmax, y.shape[1]))
+    offsets = np.cumsum([0, *counts]).tolist()
+    for j, c in enumerate(counts):
+        padded[j, :c] = y[offsets[j] : offsets[j] + c]
+    up = smooth_streams([pp._upper for pp in pps], padded[:, :, :pa], counts)
+    low = smooth_streams([pp._lower for pp in pps], padded[:, :, pa:], counts)
+    out = []
+    for j, pp in enumerate(pps):
+        f, c = pp.face, counts[j]
+        skin = pp._skin_const + f.skin_strength * (
+            f.upper_face_strength * up[j, :c] + f.lower_face_strength * low[j, :c])
+        tongue = pp._tongue_const + f.tongue_strength * ty[offsets[j] : offsets[j] + c]
+        out.append((skin, tongue))
+    return out
+
+
+def smooth_streams(smoothers: list[SecondOrderSmoother], x: np.ndarray, counts: list[int]
+                   ) -> np.ndarray:
+    """Run ``smoothers`` (one per stream, the same rate) over ``x`` ``[K, Fmax, D]``, stream
+    ``k`` having ``counts[k]`` frames (rows past it are padding); each smoother's state
+    advances by its own frames. Returns ``[K, Fmax, D]`` (float64; padding rows undefined).
+    """
+    a = smoothers[0].alpha
+    last = [x[k, c - 1] for k, c in enumerate(counts)]
+    if a >= 1.0:
+        for sm, v in zip(smoothers, last, strict=True):
+            sm._s1 = sm._s2 = v.copy()
+        return x
+    s1_0 = np.stack([sm._s1 if sm._s1 is not None else x[k, 0]
+                     for k, sm in enumerate(smoothers)])  # the first frame seeds both
+    s2_0 = np.stack([sm._s2 if sm._s2 is not None else x[k, 0]
+                     for k, sm in enumerate(smoothers)])
+    den = [1.0, a - 1.0]
+    s1, _ = lfilter([a], den, x, axis=1, zi=((1.0 - a) * s1_0)[:, None, :])
+    s2, _ = lfilter([a], den, s1, axis=1, zi=((1.0 - a) * s2_0)[:, None, :])
+    for k, (sm, c) in enumerate(zip(smoothers, counts, strict=True)):
+        sm._s1, sm._s2 = s1[k, c - 1].copy(), s2[k, c - 1].copy()
+    return np.asarray(s2)
 
 
 def limit_blas_threads(threads: int = 1) -> dict[str, int]:

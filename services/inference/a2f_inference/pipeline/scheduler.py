@@ -27,7 +27,7 @@ import numpy as np
 
 from a2f_inference.pipeline.frames import Frame
 from a2f_inference.pipeline.runtime import ModelRuntime, batch_axis
-from a2f_inference.pipeline.stream import StreamParams, StreamSession, WorkItem
+from a2f_inference.pipeline.stream import StreamParams, StreamSession, WorkItem, complete_items
 from a2f_volume.errors import DeadlineExceededError, UnavailableError
 
 logger = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class BatchScheduler:
         # inference -> post-processing hand-over (bounded: back-pressure on the engine)
         self._post_q: queue.Queue[_Done | None] = queue.Queue(maxsize=2)
         self._post_thread: threading.Thread | None = None
+        self._buffers: dict[str, np.ndarray] | None = None  # batch inputs, reused
         self._stopping = False
         self._stopped = False
         self._abort = False  # grace period over: drop what is left
@@ -173,9 +174,9 @@ class BatchScheduler:
         logger.info("batch scheduler of %s stopped after %d batches (%d windows)",
                     self.runtime.name, self.batches, self.windows)
 
-    def _gather(self) -> list[WorkItem]:
-        by_session: dict[StreamSession, WorkItem] = {}
-        items: list[WorkItem] = []
+    def _gather(self) -> list[list[WorkItem]]:
+        """Ready windows for one batch: per stream (first come first), its items in order."""
+        by_session: dict[StreamSession, list[WorkItem]] = {}
         total = 0
         deadline: float | None = None
         while True:
@@ -187,16 +188,12 @@ class BatchScheduler:
                     self._queued.discard(session)
                     waiting = len(self._queue)
                 share = max(1, (self.max_batch - total) // (waiting + 1))
-                item = session.take_work(share)
+                item = session.take_work(share, self._buffer_views(total, share))
                 if item is None:
                     continue
+                item.batch_pos = total
                 total += item.count
-                prev = by_session.get(session)
-                if prev is None:
-                    by_session[session] = item
-                    items.append(item)
-                else:
-                    _merge(prev, item)
+                by_session.setdefault(session, []).append(item)
                 if item.count == share:  # may have more: back of the queue
                     self.submit(session)
             if total >= self.max_batch or total == 0 or self.max_wait_s <= 0:
@@ -213,38 +210,71 @@ class BatchScheduler:
                     self._cond.wait(deadline - now)
                 if not self._queue:
                     break
-        return items
+        return list(by_session.values())
 
-    def _run_batch(self, items: list[WorkItem]) -> None:
+    def _buffer_views(self, start: int, count: int) -> dict[str, np.ndarray] | None:
+        """Room for ``count`` windows at ``start`` in the reusable batch input buffer (for
+        inputs whose only dynamic axis is the leading batch axis; None otherwise)."""
+        if self._buffers is None:
+            specs = self.runtime.input_specs.values()
+            if not specs or any(batch_axis(s) != 0 or min(s.shape[1:], default=1) < 1
+                                for s in specs):
+                self._buffers = {}
+            else:
+                self._buffers = {s.name: np.zeros((self.max_batch, *s.shape[1:]), s.dtype)
+                                 for s in specs}
+        if not self._buffers:
+            return None
+        return {name: buf[start : start + count] for name, buf in self._buffers.items()}
+
+    def _batch_feeds(self, flat: list[WorkItem]) -> dict[str, np.ndarray]:
+        """The engine inputs of the batch: a prefix of the batch buffer when every window
+        was written there in order, else the items' inputs concatenated."""
+        feeds = {}
+        total = sum(it.count for it in flat)
+        for name, spec in self.runtime.input_specs.items():
+            arrays = [it.feeds[name] for it in flat]
+            buf = self._buffers.get(name) if self._buffers else None
+            if buf is not None and _in_order(arrays, buf):
+                feeds[name] = buf[:total]
+            elif len(arrays) == 1:
+                feeds[name] = arrays[0]
+            else:
+                feeds[name] = np.concatenate(arrays, axis=batch_axis(spec))
+        return feeds
+
+    def _run_batch(self, groups: list[list[WorkItem]]) -> None:
         runtime = self.runtime
         t_start = time.perf_counter()
-        sizes = [it.count for it in items]
+        # the batch holds the windows in the order they were taken (a stream may have taken
+        # twice); from here on one item per stream, its output rows gathered from its parts
+        flat = sorted((it for g in groups for it in g), key=lambda it: it.batch_pos)
+        items = [g[0] if len(g) == 1 else _merged(g) for g in groups]
         try:
-            feeds = {}
-            for name, spec in runtime.input_specs.items():
-                arrays = [it.feeds[name] for it in items]
-                feeds[name] = arrays[0] if len(arrays) == 1 else np.concatenate(
-                    arrays, axis=batch_axis(spec))
+            feeds = self._batch_feeds(flat)
             outputs = runtime.engine.run(feeds)
         except Exception as err:  # reported to every stream of the batch
             logger.exception("inference on %s failed for a batch of %d windows", runtime.name,
-                             sum(sizes))
+                             sum(it.count for it in items))
             for it in items:
                 it.session.fail(err)
                 self._ready(it.session)
             return
         t_inf = time.perf_counter()
-        parts: list[dict[str, np.ndarray]] = []
+        starts: dict[int, int] = {}
         offset = 0
-        for it in items:
+        for it in flat:
+            starts[id(it)] = offset
+            offset += it.count
+        axes = {name: batch_axis(spec) if (spec := runtime.output_specs.get(name)) else 0
+                for name in outputs}
+        parts: list[dict[str, np.ndarray]] = []
+        for group, it in zip(groups, items, strict=True):
             part = {}
             for name, arr in outputs.items():
-                spec = runtime.output_specs.get(name)
-                ax = batch_axis(spec) if spec is not None else 0
-                index = [slice(None)] * arr.ndim
-                index[ax] = slice(offset, offset + it.count)
-                part[name] = arr[tuple(index)]
-            offset += it.count
+                pieces = [_rows(arr, axes[name], starts[id(g)], g.count) for g in group]
+                part[name] = (pieces[0] if len(pieces) == 1
+                              else np.concatenate(pieces, axis=axes[name]))
             it.session.accept(it, part)
             parts.append(part)
         self.batches += 1
@@ -272,8 +302,7 @@ class BatchScheduler:
 
     def _postprocess(self, done: _Done) -> None:
         t0 = time.perf_counter()
-        for it, part in zip(done.items, done.parts, strict=True):
-            it.session.complete(it, part)
+        complete_items(done.items, done.parts)
         t_end = time.perf_counter()
         for it in done.items:
             self._ready(it.session)
@@ -307,13 +336,31 @@ class _Done:
     t_inf: float
 
 
-def _merge(into: WorkItem, more: WorkItem) -> None:
-    """Append a later item of the same (regression) stream to an earlier one."""
-    specs = into.session.runtime.input_specs
-    for name, arr in more.feeds.items():
-        ax = batch_axis(specs[name]) if name in specs else 0
-        into.feeds[name] = np.concatenate([into.feeds[name], arr], axis=ax)
-    into.count += more.count
+def _rows(arr: np.ndarray, axis: int, start: int, count: int) -> np.ndarray:
+    index = [slice(None)] * arr.ndim
+    index[axis] = slice(start, start + count)
+    return arr[tuple(index)]
+
+
+def _in_order(arrays: list[np.ndarray], buf: np.ndarray) -> bool:
+    """Whether ``arrays`` are consecutive views of ``buf`` starting at its first row."""
+    if not arrays or not all(a.base is buf for a in arrays):
+        return False
+    row = buf.strides[0]
+    pos = buf.__array_interface__["data"][0]
+    for a in arrays:
+        if a.__array_interface__["data"][0] != pos:
+            return False
+        pos += a.shape[0] * row
+    return True
+
+
+def _merged(items: list[WorkItem]) -> WorkItem:
+    """Consecutive items of one (regression) stream as one item (inputs are not kept: the
+    batch was already assembled from the parts)."""
+    first = items[0]
+    return WorkItem(first.session, sum(it.count for it in items), {}, first.first_unit,
+                    first.ready_at)
 
 
 def run_offline(runtime: ModelRuntime, pcm: bytes, rate: int, *, identity: str | None = None,

@@ -33,7 +33,7 @@ import logging
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -227,53 +227,30 @@ def solve_box_qp_reference(
 
 class FreeSetCache:
     """Inverses of ``M_FF`` keyed by the free set ``F``, shared by every stream solving the
-    same problem (consecutive frames mostly reuse a few free sets). Bounded; thread-safe
-    enough for CPython (single dict operations)."""
+    same problem (consecutive frames mostly reuse a few free sets). Bounded (oldest entries
+    go first); thread-safe.
+
+    Two forms are kept: ``(F, inv(M_FF))`` for the single solve (:meth:`get`), and for the
+    vectorised solve of many streams (:meth:`apply`) the inverse scattered into an
+    ``n x n`` slot (zeros outside ``F x F``) of one contiguous store, found by the free set
+    packed into an integer, so a step over ``K`` streams costs one gather and one batched
+    product.
+    """
 
     def __init__(self, m: np.ndarray, max_entries: int = 1024) -> None:
         self.m = m
+        self.n = int(m.shape[0])
         self.scale = max(1.0, float(np.abs(m.diagonal()).max())) if m.size else 1.0
         self.max_entries = max_entries
         self._entries: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
-        self._affine: dict[bytes, tuple[np.ndarray, np.ndarray, int, int]] = {}
-
-    def affine(self, state: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
-        """For a partition ``state`` and the unit box: ``W``, ``c``, ``n``, ``nx`` such that
-        ``y = W @ rhs + c`` holds the partition's solution ``x = y[:n]``, then the
-        quantities that must be ``>= -xtol`` for it to be optimal (``x_F`` and
-        ``1 - x_F``: ``y[n:n+nx]``), then those that must be ``>= -gtol`` (the gradient at
-        the lower bound, minus the gradient at the upper bound: ``y[n+nx:]``).
-
-        Everything is affine in ``rhs`` once the partition is fixed, so a frame whose
-        partition did not change (the common case: the previous frame's warm start) costs
-        one small matrix product and three comparisons.
-        """
-        key = state.tobytes()
-        hit = self._affine.get(key)
-        if hit is not None:
-            return hit
-        m = self.m
-        n = state.size
-        free = state == _FREE
-        fi, inv = self.get(free)
-        x0 = np.where(state == _UPPER, 1.0, 0.0)
-        xmat = np.zeros((n, n))
-        xmat[np.ix_(fi, fi)] = inv
-        xc = x0.copy()
-        if fi.size:
-            xc[fi] -= inv @ (m @ x0)[fi]
-        gmat = m @ xmat - np.eye(n)
-        gc = m @ xc
-        lo = np.flatnonzero(state == _LOWER)
-        up = np.flatnonzero(state == _UPPER)
-        w = np.concatenate([xmat, xmat[fi], -xmat[fi], gmat[lo], -gmat[up]])
-        c = np.concatenate([xc, xc[fi], 1.0 - xc[fi], gc[lo], -gc[up]])
-        hit = (np.ascontiguousarray(w), c, n, 2 * fi.size)
-        if len(self._affine) >= self.max_entries // 4:
-            with contextlib.suppress(StopIteration, KeyError, RuntimeError):
-                del self._affine[next(iter(self._affine))]
-        self._affine[key] = hit
-        return hit
+        self._lock = threading.Lock()
+        self._slots: dict[float | bytes, int] = {}  # packed free set -> slot in _store
+        self._keys: list[float | bytes] = []  # slot -> packed free set
+        self._bit_values = 2.0 ** np.arange(self.n) if self.n <= 53 else np.zeros(0)
+        self._store = np.zeros((0, self.n, self.n))
+        self._next = 0  # next slot to reuse once the store is full (oldest first)
+        #: joint problems this problem leads (see _joint)
+        self.joints: dict[tuple[int, ...], Any] = {}
 
     def get(self, free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         key = free.tobytes()
@@ -281,12 +258,74 @@ class FreeSetCache:
         if hit is None:
             fi = np.flatnonzero(free)
             hit = (fi, np.linalg.inv(self.m[np.ix_(fi, fi)]))
-            if len(self._entries) >= self.max_entries:
-                # another stream may evict concurrently
-                with contextlib.suppress(StopIteration, KeyError, RuntimeError):
-                    del self._entries[next(iter(self._entries))]
-            self._entries[key] = hit
+            _bounded_put(self._entries, key, hit, self.max_entries)
         return hit
+
+    def _pack(self, free: np.ndarray) -> list[float] | list[bytes]:
+        """One hashable key per row of ``free``: the bits as an exact float (n <= 53; one
+        product for all rows), else the packed bytes."""
+        if self.n <= 53:
+            keys: list[float] = (free @ self._bit_values).tolist()
+            return keys
+        return [row.tobytes() for row in np.packbits(free, axis=1)]
+
+    def _slot_for(self, key: float | bytes, free: np.ndarray) -> int:
+        """Called with the lock held, on a miss."""
+        if len(self._keys) < self.max_entries:
+            slot = len(self._keys)
+            if slot >= self._store.shape[0]:
+                grown = np.zeros((min(self.max_entries, max(16, 2 * slot)), self.n, self.n))
+                grown[:slot] = self._store[:slot]
+                self._store = grown
+            self._keys.append(key)
+        else:
+            slot = self._next
+            self._next = (slot + 1) % self.max_entries
+            del self._slots[self._keys[slot]]
+            self._keys[slot] = key
+            self._store[slot] = 0.0
+        fi, inv = self.get(free)
+        self._store[slot][np.ix_(fi, fi)] = inv
+        self._slots[key] = slot
+        return slot
+
+    def apply(self, free: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``x[k] = P_F inv(M_FF) P_Fᵀ b[k]`` for the free set ``free[k]`` of every row:
+        ``free`` ``[K, n]`` bool, ``b`` ``[K, n]``; zero outside each row's free set."""
+        keys = self._pack(free)
+        with self._lock:
+            get = self._slots.get
+            slots = [get(key, -1) for key in keys]
+            for k, slot in enumerate(slots):
+                if slot < 0:
+                    slots[k] = self._slot_for(keys[k], free[k])
+            # one matrix-vector product per row: no dependence on the other rows
+            return np.matmul(self._store[slots], b[:, :, None])[:, :, 0]
+
+
+class BlockFreeSets:
+    """The free-set inverses of a block-diagonal ``M`` (independent problems side by side),
+    applied block by block with each block's :class:`FreeSetCache`."""
+
+    def __init__(self, caches: Sequence[FreeSetCache]) -> None:
+        self.caches = tuple(caches)
+        ends = np.cumsum([c.n for c in self.caches]).tolist()
+        self.bounds = list(zip([0, *ends[:-1]], ends, strict=True))
+        self.n = int(ends[-1]) if ends else 0
+        self.scale = max((c.scale for c in self.caches), default=1.0)
+
+    def apply(self, free: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.concatenate([c.apply(free[:, lo:hi], b[:, lo:hi])
+                               for c, (lo, hi) in zip(self.caches, self.bounds, strict=True)],
+                              axis=1)
+
+
+def _bounded_put(d: dict[bytes, Any], key: bytes, value: Any, max_entries: int) -> None:
+    if len(d) >= max_entries:
+        # another thread may evict concurrently
+        with contextlib.suppress(StopIteration, KeyError, RuntimeError):
+            del d[next(iter(d))]
+    d[key] = value
 
 
 def solve_box_qp(
@@ -345,6 +384,98 @@ def solve_box_qp(
     return x, st
 
 
+def solve_box_qp_many(
+    m: np.ndarray,
+    rhs: np.ndarray,
+    upper: np.ndarray,
+    states: np.ndarray,
+    cache: FreeSetCache | BlockFreeSets,
+    tol: float = SOLVE_TOLERANCE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`solve_box_qp` for ``K`` independent problems sharing ``m``, vectorised.
+
+    ``rhs``, ``upper`` and ``states`` are ``[K, n]``; returns ``(x, states)`` of the same
+    shape. Every row follows exactly the pivoting rule of :func:`solve_box_qp` (full
+    exchange, Murty's single exchange after three non-improving steps); each pivoting step
+    is one batched product over the rows not yet optimal, so the Python cost of a step is
+    paid once for all of them rather than per row. The first step is the warm-start check:
+    rows whose previous partition is still optimal are done after it.
+    """
+    k, n = rhs.shape
+    if n == 0 or k == 0:
+        return np.zeros((k, n)), np.array(states, dtype=np.int8, copy=True)
+    x_out: np.ndarray | None = None  # allocated once some row needs a second step
+    st_out = np.array(states, dtype=np.int8, copy=True)
+    best = np.full(k, n + 1)
+    backups = np.full(k, 3)
+    todo = np.arange(k)
+    st, r, u = st_out, rhs, upper
+    u_tol = upper + tol
+    gtol = tol * np.maximum(cache.scale, np.abs(rhs).max(axis=1))[:, None]
+    for step in range(10 * n + 20):
+        at_upper = st == _UPPER
+        # products are per row (never a K-row GEMM, whose rounding may depend on K): a
+        # stream's result must not depend on which other streams share the step
+        if at_upper.any():
+            x0 = np.where(at_upper, u, 0.0)
+            x = cache.apply(st == _FREE, r - _rowwise(m, x0))
+            x += x0
+        else:
+            x = cache.apply(st == _FREE, r)
+        g = _rowwise(m, x)
+        g -= r
+        # a bound variable sits exactly on its bound, so only free ones can leave the box;
+        # the gradient must point out of the box at a bound (st * g <= gtol)
+        g *= st
+        bad = (x < -tol) | (x > u_tol) | (g > gtol)
+        ok = ~bad.any(axis=1)
+        if step == 0 and ok.all():  # the common case: every warm start still optimal
+            return np.clip(x, 0.0, u, out=x), st_out
+        if x_out is None:
+            x_out = np.zeros((k, n))
+        if ok.any():
+            rows = todo[ok]
+            x_out[rows] = np.clip(x[ok], 0.0, u[ok])
+            st_out[rows] = st[ok]
+            if ok.all():
+                return x_out, st_out
+            keep = ~ok
+            todo, st, r, u, u_tol, x, bad, gtol = (
+                todo[keep], st[keep], r[keep], u[keep], u_tol[keep], x[keep], bad[keep],
+                gtol[keep])  # fmt: skip
+        # Murty's safeguard: full exchange while the number of violations improves or
+        # within 3 steps of the last improvement, then single exchange
+        count = np.count_nonzero(bad, axis=1)
+        improved = count < best[todo]
+        back = backups[todo]
+        best[todo] = np.where(improved, count, best[todo])
+        backups[todo] = np.where(improved, 3, np.where(back > 0, back - 1, back))
+        if step >= 4:  # a single exchange needs 4 steps without improvement first
+            single = ~improved & (back <= 0)
+            if single.any():  # only the last violating variable changes side
+                last = n - 1 - np.argmax(bad[single, ::-1], axis=1)
+                one = np.zeros((int(single.sum()), n), dtype=bool)
+                one[np.arange(one.shape[0]), last] = True
+                bad[single] = one
+        flipped = np.where(st == _FREE, np.where(x < 0.0, _LOWER, _UPPER), _FREE)
+        st = np.where(bad, flipped, st).astype(np.int8)
+    if x_out is None:
+        x_out = np.zeros((k, n))
+    logger.warning("box QP pivoting did not converge (n=%d) for %d of %d problems; using the "
+                   "reference solver for them", n, todo.size, k)
+    for j, row in enumerate(todo):
+        xr = solve_box_qp_reference(m, r[j], u[j], tol)
+        x_out[row] = xr
+        st_out[row] = np.where(xr <= tol, _LOWER,
+                               np.where(xr >= u[j] - tol, _UPPER, _FREE)).astype(np.int8)
+    return x_out, st_out
+
+
+def _rowwise(m: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``M @ x[k]`` for every row ``k`` of ``x``, one matrix-vector product each."""
+    return np.matmul(m, x[:, :, None])[:, :, 0]
+
+
 # --------------------------------------------------------------------------------------
 # per-stream solver
 
@@ -352,68 +483,46 @@ def solve_box_qp(
 class BlendshapeSolver:
     """Per-stream solve over one blendshape set; keeps ``w_prev`` and the warm start.
 
-    ``fast=False`` uses the reference BVLS for every frame (for validation only).
+    ``fast=False`` uses the reference BVLS for every frame (for validation only). Streams of
+    the same blendshape set are solved together, frame by frame, by :func:`solve_streams`;
+    :meth:`solve_active` is that for one stream.
     """
 
     def __init__(self, problem: SolveProblem, *, fast: bool = True) -> None:
         self.problem = problem
         self.fast = fast
         pa = problem.num_active
-        self._upper = np.ones(pa)
         self._w_prev = np.zeros(pa)
-        self._state = np.zeros(pa, dtype=np.int8)
-        self._state_cancel = np.zeros(pa, dtype=np.int8)
-        self._cache = problem.free_sets
+        self._state = np.zeros(pa, dtype=np.int8)  # warm start: last frame's partition
 
     def reset(self) -> None:
         """Back to stream start (``w_prev = 0``)."""
         self._w_prev[:] = 0.0
         self._state[:] = _FREE
-        self._state_cancel[:] = _FREE
 
-    def _qp(self, rhs: np.ndarray, upper: np.ndarray, cancel: bool) -> np.ndarray:
-        if not self.fast:
-            return solve_box_qp_reference(self.problem.m, rhs, upper)
-        if not cancel and rhs.size:
-            # Warm start: if the previous frame's partition is still optimal (checked with
-            # the same tolerances as solve_box_qp), its affine solution is the answer.
-            w, c, n, nx = self._cache.affine(self._state)
-            y = w @ rhs
-            y += c
-            gtol = SOLVE_TOLERANCE * max(self._cache.scale, float(np.abs(rhs).max()))
-            if (nx == 0 or y[n : n + nx].min() >= -SOLVE_TOLERANCE) and (
-                y.size == n + nx or y[n + nx :].min() >= -gtol
-            ):
-                return np.clip(y[:n], 0.0, upper)
-        st = self._state_cancel if cancel else self._state
-        x, st_new = solve_box_qp(self.problem.m, rhs, upper, st, cache=self._cache)
-        if cancel:
-            self._state_cancel = st_new
-        else:
-            self._state = st_new
-        return x
+    def _solve_reference(self, atd: np.ndarray) -> np.ndarray:
+        prob = self.problem
+        out = np.empty_like(atd)
+        ones = np.ones(prob.num_active)
+        pairs = np.asarray(prob.cancel_pairs, dtype=np.intp).reshape(-1, 2)
+        first, second = pairs[:, 0], pairs[:, 1]
+        for f in range(atd.shape[0]):
+            rhs = atd[f] + prob.temporal_rhs * self._w_prev
+            x = solve_box_qp_reference(prob.m, rhs, ones)
+            if pairs.size:
+                smaller = np.where(x[second] <= x[first], second, first)
+                if x[smaller].max() > CANCEL_UPPER_BOUND:
+                    upper = ones.copy()
+                    upper[smaller] = CANCEL_UPPER_BOUND
+                    x = solve_box_qp_reference(prob.m, rhs, upper)
+            out[f] = x
+            self._w_prev = x
+        return out
 
     def solve_active(self, atd: np.ndarray) -> np.ndarray:
         """Raw solutions over the active poses for ``[F, Pa]`` rows of ``Aᵀd`` (frames in
         order); updates ``w_prev``. No multipliers/offsets."""
-        prob = self.problem
-        atd = np.atleast_2d(np.asarray(atd, dtype=np.float64))
-        out = np.empty_like(atd)
-        t = prob.temporal_rhs
-        pairs = np.asarray(prob.cancel_pairs, dtype=np.intp).reshape(-1, 2)
-        first, second = pairs[:, 0], pairs[:, 1]
-        for f in range(atd.shape[0]):
-            rhs = atd[f] + t * self._w_prev if t else atd[f]
-            x = self._qp(rhs, self._upper, False)
-            if pairs.size:
-                smaller = np.where(x[second] <= x[first], second, first)
-                if x[smaller].max() > CANCEL_UPPER_BOUND:
-                    upper = self._upper.copy()
-                    upper[smaller] = CANCEL_UPPER_BOUND
-                    x = self._qp(rhs, upper, True)
-            out[f] = x
-            self._w_prev = x
-        return out
+        return solve_streams_active([self], [atd])[0]
 
     def finish(self, x_active: np.ndarray) -> np.ndarray:
         """Scatter ``[F, Pa]`` active solutions to all ``P`` poses (inactive = 0) and apply
@@ -431,3 +540,141 @@ class BlendshapeSolver:
     def solve_poses(self, poses: np.ndarray) -> np.ndarray:
         """Full target poses ``[F, N*3]`` -> ``[F, P]`` weights (the explicit path)."""
         return self.solve(self.problem.project(poses))
+
+
+def solve_streams_active(solvers: Sequence[BlendshapeSolver], atds: Sequence[np.ndarray]
+                         ) -> list[np.ndarray]:
+    """Solve consecutive frames of several streams: ``atds[i]`` (``[F_i, Pa]`` rows of
+    ``Aᵀd``, frames in order) for ``solvers[i]``; returns the raw active solutions per stream
+    and updates each solver's ``w_prev`` and warm start. See :func:`solve_streams_blocks`."""
+    out = solve_streams_blocks([[s] for s in solvers], [[a] for a in atds])
+    return [o[0] for o in out]
+
+
+def solve_streams_blocks(solvers: Sequence[Sequence[BlendshapeSolver]],
+                         atds: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
+    """Like :func:`solve_streams_active` where each stream has several independent solves
+    per frame (its skin and its tongue): ``solvers[i][b]`` solves ``atds[i][b]``
+    (``[F_i, Pa_b]``, the same ``F_i`` for every block of a stream).
+
+    Streams whose blocks have the same problems are solved together: frame ``f`` of all of
+    them in one vectorised step, their blocks side by side as one block-diagonal problem
+    (blocks do not interact, so this is the same solution as solving them one by one, with
+    half the steps). Frames of one stream stay sequential, since the temporal term couples
+    them. The result of a stream does not depend on which other streams share the call.
+    """
+    arrays = [[np.atleast_2d(np.asarray(a, dtype=np.float64)) for a in blocks]
+              for blocks in atds]
+    out: list[list[np.ndarray]] = [[] for _ in arrays]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, blocks in enumerate(solvers):
+        if all(s.fast for s in blocks):
+            groups.setdefault(tuple(id(s.problem) for s in blocks), []).append(i)
+        else:
+            out[i] = [s.solve_active(a) if s.fast else s._solve_reference(a)
+                      for s, a in zip(blocks, arrays[i], strict=True)]
+    for members in groups.values():
+        results = _solve_group([solvers[i] for i in members], [arrays[i] for i in members])
+        for i, res in zip(members, results, strict=True):
+            out[i] = res
+    return out
+
+
+@dataclass(frozen=True)
+class _Joint:
+    """Several problems side by side as one block-diagonal problem (built once per tuple of
+    problems, kept by the first problem's free-set cache)."""
+
+    m: np.ndarray
+    cache: FreeSetCache | BlockFreeSets
+    temporal: np.ndarray  # T * s per variable
+    first: np.ndarray  # cancel pairs, positions in the joint problem
+    second: np.ndarray
+    bounds: tuple[tuple[int, int], ...]
+    problems: tuple[SolveProblem, ...]
+
+    @property
+    def n(self) -> int:
+        return int(self.m.shape[0])
+
+
+def _joint(probs: tuple[SolveProblem, ...]) -> _Joint:
+    key = tuple(id(p) for p in probs)
+    joints = probs[0].free_sets.joints
+    hit = joints.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit.problems, probs, strict=True)):
+        return hit
+    ends = np.cumsum([p.num_active for p in probs]).tolist()
+    bounds = tuple(zip([0, *ends[:-1]], ends, strict=True))
+    n = int(ends[-1])
+    if len(probs) == 1:
+        m: np.ndarray = probs[0].m
+        cache: FreeSetCache | BlockFreeSets = probs[0].free_sets
+    else:
+        m = np.zeros((n, n))
+        for p, (a, b) in zip(probs, bounds, strict=True):
+            m[a:b, a:b] = p.m
+        cache = BlockFreeSets([p.free_sets for p in probs])
+    pairs = np.concatenate([np.asarray(p.cancel_pairs, dtype=np.intp).reshape(-1, 2) + a
+                            for p, (a, _) in zip(probs, bounds, strict=True)])
+    hit = _Joint(m=m, cache=cache,
+                 temporal=np.concatenate([np.full(p.num_active, p.temporal_rhs) for p in probs]),
+                 first=pairs[:, 0].copy(), second=pairs[:, 1].copy(), bounds=bounds,
+                 problems=probs)
+    if len(joints) >= 8:
+        joints.clear()
+    joints[key] = hit
+    return hit
+
+
+def _solve_group(streams: list[Sequence[BlendshapeSolver]], atds: list[list[np.ndarray]]
+                 ) -> list[list[np.ndarray]]:
+    joint = _joint(tuple(s.problem for s in streams[0]))
+    bounds, n = joint.bounds, joint.n
+    counts = np.array([blocks[0].shape[0] for blocks in atds])
+    k = len(streams)
+    fmax = int(counts.max()) if k else 0
+    if n == 0 or fmax == 0:
+        return [[np.zeros((c, b - a)) for a, b in bounds] for c in counts]
+    m, cache, temporal = joint.m, joint.cache, joint.temporal
+    first, second = joint.first, joint.second
+    order = np.argsort(-counts, kind="stable")  # longest first: active streams are a prefix
+    atd = np.zeros((k, fmax, n))
+    w_prev = np.empty((k, n))
+    st = np.empty((k, n), dtype=np.int8)
+    for j, i in enumerate(order):
+        for blk, (a, b), solver in zip(atds[i], bounds, streams[i], strict=True):
+            atd[j, : counts[i], a:b] = blk
+            w_prev[j, a:b] = solver._w_prev
+            st[j, a:b] = solver._state
+    alive = np.searchsorted(-counts[order], -np.arange(fmax), side="left")  # count > f
+    res = np.zeros((k, fmax, n))
+    ones = np.ones((k, n))
+    for f in range(fmax):
+        na = int(alive[f])
+        rhs = atd[:na, f] + temporal * w_prev[:na]
+        x, st[:na] = solve_box_qp_many(m, rhs, ones[:na], st[:na], cache)
+        if first.size:
+            # per pair, the smaller weight is capped at CANCEL_UPPER_BOUND and the frame
+            # solved again (a block whose pairs are already within the cap gets the same
+            # solution again: its optimum satisfies the tighter bounds)
+            smaller = np.where(x[:, second] <= x[:, first], second, first)
+            need = np.flatnonzero(
+                np.take_along_axis(x, smaller, axis=1).max(axis=1) > CANCEL_UPPER_BOUND)
+            if need.size:
+                upper = np.ones((need.size, n))
+                np.put_along_axis(upper, smaller[need], CANCEL_UPPER_BOUND, axis=1)
+                # warm start: this frame's partition, capped weights at their new bound
+                warm = st[need]
+                capped = (upper < 1.0) & (x[need] > CANCEL_UPPER_BOUND)
+                warm[capped] = _UPPER
+                x[need] = solve_box_qp_many(m, rhs[need], upper, warm, cache)[0]
+        res[:na, f] = x
+        w_prev[:na] = x
+    out: list[list[np.ndarray]] = [[] for _ in range(k)]
+    for j, i in enumerate(order):
+        for (a, b), solver in zip(bounds, streams[i], strict=True):
+            solver._w_prev = w_prev[j, a:b].copy()
+            solver._state = st[j, a:b].copy()
+        out[i] = [res[j, : counts[i], a:b] for a, b in bounds]
+    return out

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
@@ -146,49 +146,74 @@ class StreamError(A2FError):
 
 
 class _Samples:
-    """A growing 1-D float32 signal that forgets what no window needs any more."""
+    """A growing 1-D float32 signal that forgets what no window needs any more.
+
+    Held samples are ``_buf[_off : _off + _len]``; forgetting only moves ``_off``, and the
+    buffer is compacted when an append needs the room (each sample is moved at most a few
+    times, whatever the chunk sizes)."""
 
     def __init__(self) -> None:
         self._buf = np.zeros(1 << 15, dtype=np.float32)
-        self._base = 0  # absolute index of _buf[0]
-        self._len = 0  # valid samples in _buf
+        self._off = 0  # position of the first held sample in _buf
+        self._base = 0  # absolute index of the first held sample
+        self._len = 0  # held samples
         self.total = 0  # samples appended so far
 
     def append(self, x: np.ndarray) -> None:
         n = x.size
         if n == 0:
             return
-        if self._len + n > self._buf.size:
-            new = np.zeros(max(2 * self._buf.size, self._len + n), dtype=np.float32)
-            new[: self._len] = self._buf[: self._len]
-            self._buf = new
-        self._buf[self._len : self._len + n] = x
+        if self._off + self._len + n > self._buf.size:
+            held = self._buf[self._off : self._off + self._len]
+            if self._len + n > self._buf.size // 2:  # grow
+                new = np.zeros(max(2 * self._buf.size, 2 * (self._len + n)), dtype=np.float32)
+                new[: self._len] = held
+                self._buf = new
+            else:  # compact in place
+                self._buf[: self._len] = held
+            self._off = 0
+        end = self._off + self._len
+        self._buf[end : end + n] = x
         self._len += n
         self.total += n
 
     def window(self, start: int, length: int, out: np.ndarray) -> None:
         """Copy [start, start + length) into ``out`` (zeros outside what is held)."""
-        out[...] = 0.0
         lo = max(start, self._base)
         hi = min(start + length, self._base + self._len)
-        if hi > lo:
-            out[lo - start : hi - start] = self._buf[lo - self._base : hi - self._base]
+        if hi <= lo:
+            out[...] = 0.0
+            return
+        if lo > start:
+            out[: lo - start] = 0.0
+        if hi < start + length:
+            out[hi - start :] = 0.0
+        src = self._off + lo - self._base
+        out[lo - start : hi - start] = self._buf[src : src + hi - lo]
 
-    def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
+    def windows(self, starts: np.ndarray, length: int, out: np.ndarray | None = None
+                ) -> np.ndarray:
         """``[len(starts), length]`` windows (ascending starts), zero-padded like
-        :meth:`window`."""
+        :meth:`window`; written into ``out`` when given."""
         lo = int(starts[0])
-        seg = np.empty(int(starts[-1]) - lo + length, dtype=np.float32)
-        self.window(lo, seg.size, seg)
-        return np.lib.stride_tricks.sliding_window_view(seg, length)[starts - lo]
+        hi = int(starts[-1]) + length
+        if lo >= self._base and hi <= self._base + self._len:  # all held: no staging copy
+            seg = self._buf[self._off + lo - self._base : self._off + hi - self._base]
+        else:
+            seg = np.empty(hi - lo, dtype=np.float32)
+            self.window(lo, seg.size, seg)
+        if out is None:
+            out = np.empty((len(starts), length), dtype=np.float32)
+        for row, start in zip(out, (starts - lo).tolist(), strict=True):
+            row[:] = seg[start : start + length]  # plain slice copies: the fastest way here
+        return out
 
     def discard_before(self, pos: int) -> None:
         drop = min(pos - self._base, self._len)
         if drop <= 0:
             return
-        keep = self._len - drop
-        self._buf[:keep] = self._buf[drop : self._len]
-        self._len = keep
+        self._off += drop
+        self._len -= drop
         self._base += drop
 
 
@@ -201,6 +226,7 @@ class WorkItem:
     feeds: dict[str, np.ndarray]
     first_unit: int  # regression: first frame index; diffusion: inference index
     ready_at: float  # perf_counter when the windows became ready (queue wait metric)
+    batch_pos: int = -1  # position of the first window in the batch (set by the scheduler)
 
 
 class StreamSession:
@@ -389,14 +415,19 @@ class StreamSession:
         self.runtime._forget(self)
 
     # -- scheduler side ------------------------------------------------------------------------
-    def take_work(self, max_count: int) -> WorkItem | None:
+    def take_work(self, max_count: int, out: Mapping[str, np.ndarray] | None = None
+                  ) -> WorkItem | None:
         """Scheduler thread: up to ``max_count`` ready windows (diffusion: at most one, and
-        none while one is in flight), or None."""
+        none while one is in flight), or None.
+
+        ``out`` (optional): per input, an array with room for ``max_count`` windows along
+        axis 0, where the windows are written (the scheduler's batch buffer; saves a copy).
+        The item's feeds are then views of it. Regression only; ignored otherwise."""
         with self._lock:
             if self._closed or self._error is not None or max_count <= 0:
                 return None
             if self.regression_clock is not None:
-                return self._take_regression(max_count)
+                return self._take_regression(max_count, out)
             return self._take_diffusion()
 
     def accept(self, item: WorkItem, outputs: Mapping[str, np.ndarray]) -> None:
@@ -418,16 +449,8 @@ class StreamSession:
 
     def complete(self, item: WorkItem, outputs: Mapping[str, np.ndarray]) -> None:
         """Post-processing thread: this item's slice of the batch outputs -> frames (items
-        of one stream arrive in order)."""
-        try:
-            if self.regression_clock is not None:
-                self._complete_regression(item, outputs)
-            else:
-                self._complete_diffusion(item, outputs)
-                self._draw_noise_ahead()
-        except Exception as err:
-            logger.exception("stream on %s: post-processing failed", self.runtime.name)
-            self.fail(err)
+        of one stream arrive in order). :func:`complete_items` does this for a whole batch."""
+        complete_items([item], [outputs])
 
     def fail(self, err: BaseException) -> None:
         """Scheduler thread: the stream cannot go on; ``error`` tells the caller why."""
@@ -464,7 +487,8 @@ class StreamSession:
             self._ready_since = time.perf_counter()
         return avail > self._next_unit
 
-    def _take_regression(self, max_count: int) -> WorkItem | None:
+    def _take_regression(self, max_count: int, out: Mapping[str, np.ndarray] | None
+                         ) -> WorkItem | None:
         c = self.regression_clock
         assert c is not None
         k0 = self._next_unit
@@ -472,13 +496,20 @@ class StreamSession:
         if n <= 0:
             return None
         ready_at = self._ready_since or time.perf_counter()
-        starts = np.array([c.window_start(k) for k in range(k0, k0 + n)], dtype=np.int64)
-        window = self._signal.windows(starts, c.buffer_len)[:, None, :]
-        if self._input_strength != 1.0:
-            window *= np.float32(self._input_strength)
+        starts = c.window_starts(k0, n)
         times = np.arange(k0, k0 + n, dtype=np.float64) / float(self._fps)
         explicit = self._emotions.at(times)
-        emotion = np.empty((n, 1, self._implicit.size + explicit.shape[1]), dtype=np.float32)
+        width = self._implicit.size + explicit.shape[1]
+        if (out is not None and out["input"].shape[1:] == (1, c.buffer_len)
+                and out["emotion"].shape[1:] == (1, width)):
+            window = out["input"][:n]
+            emotion = out["emotion"][:n]
+            self._signal.windows(starts, c.buffer_len, out=window[:, 0, :])
+        else:
+            window = self._signal.windows(starts, c.buffer_len)[:, None, :]
+            emotion = np.empty((n, 1, width), dtype=np.float32)
+        if self._input_strength != 1.0:
+            window *= np.float32(self._input_strength)
         emotion[:, 0, : self._implicit.size] = self._implicit
         emotion[:, 0, self._implicit.size :] = explicit
         self._next_unit = k0 + n
@@ -520,21 +551,18 @@ class StreamSession:
                  "input_latents": self._latents, "noise": noise}
         return WorkItem(self, 1, feeds, k, ready_at)
 
-    def _complete_regression(self, item: WorkItem, outputs: Mapping[str, np.ndarray]) -> None:
-        rows = np.asarray(outputs["result"], dtype=np.float32).reshape(item.count, -1)
-        times = np.arange(item.first_unit, item.first_unit + item.count) / float(self._fps)
+    def _prepare(self, item: WorkItem, outputs: Mapping[str, np.ndarray]
+                 ) -> tuple[PostProcessor, np.ndarray, np.ndarray] | None:
+        """This item's network rows for post-processing: ``(post-processor, rows, times)``,
+        or None when there is nothing to post-process (stream closed, or diffusion frames
+        that are all warm-up or past the end)."""
         pp = self._pp
         if pp is None:  # closed meanwhile
-            return
-        weights = np.asarray(pp.process(rows, times), dtype=np.float32)
-        with self._lock:
-            if self._closed:
-                return
-            self._in_flight -= item.count
-            self._add_native(weights)
-            self._release_locked()
-
-    def _complete_diffusion(self, item: WorkItem, outputs: Mapping[str, np.ndarray]) -> None:
+            return None
+        if self.regression_clock is not None:
+            rows = np.asarray(outputs["result"], dtype=np.float32).reshape(item.count, -1)
+            times = np.arange(item.first_unit, item.first_unit + item.count) / float(self._fps)
+            return pp, rows, times
         d = self.diffusion_clock
         assert d is not None
         pred = np.asarray(outputs["prediction"])[0, d.left : d.left + d.center]
@@ -543,16 +571,22 @@ class StreamSession:
             total = d.total_native(self._signal.total) if self._ended else None
         lo = max(0, -g0)  # warm-up frames (before t = 0) are dropped
         hi = d.center if total is None else max(lo, min(d.center, total - g0))  # past the end
-        pp = self._pp
-        if pp is None or hi <= lo:
-            return
+        if hi <= lo:
+            return None
         times = np.arange(g0 + lo, g0 + hi, dtype=np.float64) / float(d.native_fps)
-        weights = np.asarray(pp.process(np.ascontiguousarray(pred[lo:hi], dtype=np.float32),
-                                        times), dtype=np.float32)
+        return pp, np.ascontiguousarray(pred[lo:hi], dtype=np.float32), times
+
+    def _finish(self, item: WorkItem, weights: np.ndarray | None) -> None:
+        """Hand the item's weights over (None: nothing was post-processed) and release the
+        frames that are complete."""
         with self._lock:
             if self._closed:
                 return
-            self._add_native(weights)
+            if self.regression_clock is not None:
+                self._in_flight -= item.count
+            if weights is None:
+                return
+            self._add_native(np.asarray(weights, dtype=np.float32))
             self._release_locked()
 
     def _draw_noise_ahead(self) -> None:
@@ -632,3 +666,55 @@ class StreamSession:
                 self._pcm_base = a1
             self._out.extend(released)
             self._changed.notify_all()
+
+
+def complete_items(items: list[WorkItem], outputs: list[Mapping[str, np.ndarray]]) -> None:
+    """Post-processing of one batch: each item's slice of the outputs -> frames.
+
+    Streams are post-processed together (:func:`~.postprocess.process_streams`: the solves
+    of all streams of a blendshape set run vectorised, frame by frame). A stream whose own
+    part fails (its rows, its filters) fails alone; the others go on.
+    """
+    from a2f_inference.pipeline.postprocess import FramePostprocessor, process_streams
+
+    jobs: list[tuple[WorkItem, PostProcessor, np.ndarray, np.ndarray]] = []
+    for it, out in zip(items, outputs, strict=True):
+        try:
+            job = it.session._prepare(it, out)
+        except Exception as err:
+            _post_failed(it.session, err)
+            continue
+        if job is None:
+            it.session._finish(it, None)
+        else:
+            jobs.append((it, *job))
+    together = [j for j in jobs if isinstance(j[1], FramePostprocessor)]
+    alone = [j for j in jobs if not isinstance(j[1], FramePostprocessor)]
+    if len(together) > 1:
+        try:
+            pps = [cast(FramePostprocessor, j[1]) for j in together]
+            weights = process_streams(pps, [j[2] for j in together])
+        except Exception as err:  # not attributable to one stream: all of them stop
+            for it, *_ in together:
+                _post_failed(it.session, err)
+        else:
+            for (it, *_), w in zip(together, weights, strict=True):
+                it.session._finish(it, w)
+    else:
+        alone = together + alone
+    for it, pp, rows, times in alone:
+        try:
+            w = pp.process(rows, times)
+        except Exception as err:
+            _post_failed(it.session, err)
+        else:
+            it.session._finish(it, w)
+    for it in items:
+        if it.session.diffusion_clock is not None and it.session.error is None:
+            it.session._draw_noise_ahead()
+
+
+def _post_failed(session: StreamSession, err: BaseException) -> None:
+    logger.error("stream on %s: post-processing failed: %s: %s", session.runtime.name,
+                 type(err).__name__, err, exc_info=err)
+    session.fail(err)
