@@ -48,7 +48,8 @@ def frames_before(n_samples: int, samplerate: int, fps: Fraction) -> int:
     """How many frames k >= 0 sit at a sample position k * samplerate / fps < n_samples."""
     if n_samples <= 0:
         return 0
-    return math.ceil(Fraction(n_samples) * fps / samplerate)
+    # ceil(n * fps / samplerate) in integers (this runs several times per batch)
+    return -(-n_samples * fps.numerator // (fps.denominator * samplerate))
 
 
 def frame_sample(k: int, samplerate: int, fps: Fraction) -> Fraction:
@@ -94,8 +95,10 @@ class RegressionClock:
         limit = received - (self.buffer_len - self.buffer_ofs)
         if limit < 0:
             return 0
-        # round_half_up(t_k) <= limit  <=>  t_k < limit + 1/2
-        return math.ceil((Fraction(limit) + Fraction(1, 2)) * self.fps / self.samplerate)
+        # round_half_up(t_k) <= limit  <=>  t_k < limit + 1/2; the count is
+        # ceil((limit + 1/2) * fps / samplerate), in integers
+        fn, fd = self.fps.numerator, self.fps.denominator
+        return -(-(2 * limit + 1) * fn // (2 * fd * self.samplerate))
 
     def total_frames(self, n_samples: int) -> int:
         return frames_before(n_samples, self.samplerate, self.fps)

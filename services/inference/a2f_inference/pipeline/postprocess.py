@@ -54,7 +54,7 @@ from .solve import (
     ObjectKeyedLRU,
     SolveProblem,
     problem_for,
-    solve_streams_blocks,
+    solve_joint_padded,
 )
 
 logger = logging.getLogger(__name__)
@@ -409,6 +409,15 @@ class FramePostprocessor:
             tp.base + f.tongue_height_offset * tp.height + f.tongue_depth_offset * tp.depth
         )
         self._mask3: np.ndarray | None = None
+        # joint solve variables (active skin poses, then active tongue poses) -> output
+        sk, tg = self._skin_prob, self._tongue_prob
+        self._joint_cols = np.concatenate([self._skin_cols[sk.active],
+                                           self._tongue_cols[tg.active]])
+        self._joint_scale = np.concatenate([sk.multipliers[sk.active],
+                                            tg.multipliers[tg.active]])
+        self._base_row = np.zeros(NUM_OUTPUT_WEIGHTS)  # the model's offsets, every pose
+        self._base_row[self._skin_cols] = sk.offsets
+        self._base_row[self._tongue_cols] = tg.offsets
         #: streams with equal keys are post-processed together (see process_streams)
         self._group_key = (id(self._skin_proj), id(self._tongue_proj), self.layout.size,
                            self._upper.alpha, self._lower.alpha)
@@ -554,44 +563,61 @@ def process_streams(pps: Sequence[FramePostprocessor], rows: Sequence[np.ndarray
     for i, (pp, r) in enumerate(zip(pps, checked, strict=True)):
         if r.shape[0] > 0:
             groups.setdefault(pp._group_key, []).append(i)
-    todo: list[int] = []
-    atds: list[tuple[np.ndarray, np.ndarray]] = []
     for members in groups.values():
-        todo += members
-        atds += _atd_group([pps[i] for i in members], [checked[i] for i in members])
-    solved = solve_streams_blocks(
-        [(pps[i]._skin_solver, pps[i]._tongue_solver) for i in todo], atds)
-    for i, (sw, tw) in zip(todo, solved, strict=True):
-        pp = pps[i]
-        out[i] = pp._output(pp._skin_solver.finish(sw), pp._tongue_solver.finish(tw))
+        weights = _process_group([pps[i] for i in members], [checked[i] for i in members])
+        for i, w in zip(members, weights, strict=True):
+            out[i] = w
     return out
 
 
-def _atd_group(pps: list[FramePostprocessor], rows: list[np.ndarray]
-               ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Skin and tongue ``Aᵀd`` of streams sharing projections and filter rates (advances
-    their filters)."""
+def _process_group(pps: list[FramePostprocessor], rows: list[np.ndarray]) -> list[np.ndarray]:
+    """:func:`process_streams` for streams sharing projections and filter rates."""
     p0 = pps[0]
     sp, tp, lay = p0._skin_proj, p0._tongue_proj, p0.layout
     pa = p0._skin_prob.num_active
     counts = [r.shape[0] for r in rows]
-    cat = rows[0] if len(rows) == 1 else np.concatenate(rows)
+    k, fmax = len(rows), max(counts)
+    # rows -> projections (one product for all streams), padded to [K, Fmax, .]
+    cat = rows[0] if k == 1 else np.concatenate(rows)
     y = (_source(cat, lay.skin, sp.cols) @ sp.kt).astype(np.float64)
     ty = (_source(cat, lay.tongue, tp.cols) @ tp.kt).astype(np.float64)
-    k, fmax = len(rows), max(counts)
-    padded = np.zeros((k, fmax, y.shape[1]))
-    offsets = np.cumsum([0, *counts]).tolist()
-    for j, c in enumerate(counts):
-        padded[j, :c] = y[offsets[j] : offsets[j] + c]
-    up = smooth_streams([pp._upper for pp in pps], padded[:, :, :pa], counts)
-    low = smooth_streams([pp._lower for pp in pps], padded[:, :, pa:], counts)
+    if k == 1:
+        skin_y, tongue_y = y[None], ty[None]
+    else:
+        skin_y = np.zeros((k, fmax, y.shape[1]))
+        tongue_y = np.zeros((k, fmax, ty.shape[1]))
+        at = 0
+        for j, c in enumerate(counts):
+            skin_y[j, :c] = y[at : at + c]
+            tongue_y[j, :c] = ty[at : at + c]
+            at += c
+    up = smooth_streams([pp._upper for pp in pps], skin_y[:, :, :pa], counts)
+    low = smooth_streams([pp._lower for pp in pps], skin_y[:, :, pa:], counts)
+    # Aᵀd of skin and tongue side by side, per-stream constants and strengths
+    def col(values: list[float]) -> np.ndarray:
+        return np.asarray(values)[:, None, None]
+
+    faces = [pp.face for pp in pps]
+    atd = np.empty((k, fmax, pa + tongue_y.shape[2]))
+    atd[:, :, :pa] = np.stack([pp._skin_const for pp in pps])[:, None, :] + col(
+        [f.skin_strength for f in faces]) * (col([f.upper_face_strength for f in faces]) * up
+                                             + col([f.lower_face_strength for f in faces]) * low)
+    atd[:, :, pa:] = (np.stack([pp._tongue_const for pp in pps])[:, None, :]
+                      + col([f.tongue_strength for f in faces]) * tongue_y)
+    res = solve_joint_padded([(pp._skin_solver, pp._tongue_solver) for pp in pps], atd,
+                             np.asarray(counts))
+    # active solutions -> 68 output weights (model multipliers/offsets, then the stream's)
+    w = np.empty((k, fmax, NUM_OUTPUT_WEIGHTS))
+    w[:] = p0._base_row
+    w[:, :, p0._joint_cols] += res * p0._joint_scale
     out = []
     for j, pp in enumerate(pps):
-        f, c = pp.face, counts[j]
-        skin = pp._skin_const + f.skin_strength * (
-            f.upper_face_strength * up[j, :c] + f.lower_face_strength * low[j, :c])
-        tongue = pp._tongue_const + f.tongue_strength * ty[offsets[j] : offsets[j] + c]
-        out.append((skin, tongue))
+        wj = w[j, : counts[j]]
+        if not pp.bs.is_identity:
+            wj = wj * pp._mult + pp._offs
+            if pp.bs.enable_clamping:
+                np.clip(wj, 0.0, 1.0, out=wj)
+        out.append(wj.astype(np.float32))
     return out
 
 

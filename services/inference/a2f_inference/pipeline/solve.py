@@ -630,29 +630,47 @@ def _joint(probs: tuple[SolveProblem, ...]) -> _Joint:
 def _solve_group(streams: list[Sequence[BlendshapeSolver]], atds: list[list[np.ndarray]]
                  ) -> list[list[np.ndarray]]:
     joint = _joint(tuple(s.problem for s in streams[0]))
-    bounds, n = joint.bounds, joint.n
     counts = np.array([blocks[0].shape[0] for blocks in atds])
+    k, fmax = len(streams), int(counts.max()) if len(streams) else 0
+    atd = np.zeros((k, fmax, joint.n))
+    for j, blocks in enumerate(atds):
+        for blk, (a, b) in zip(blocks, joint.bounds, strict=True):
+            atd[j, : counts[j], a:b] = blk
+    res = solve_joint_padded(streams, atd, counts)
+    return [[res[j, : counts[j], a:b] for a, b in joint.bounds] for j in range(k)]
+
+
+def solve_joint_padded(streams: Sequence[Sequence[BlendshapeSolver]], atd: np.ndarray,
+                       counts: np.ndarray) -> np.ndarray:
+    """The core of :func:`solve_streams_blocks` for streams whose blocks have the same
+    problems: ``atd`` ``[K, Fmax, n]`` holds each stream's blocks side by side (rows past
+    ``counts[k]`` are padding); returns the raw active solutions in the same layout
+    (padding rows 0) and updates the solvers."""
+    joint = _joint(tuple(s.problem for s in streams[0]))
+    bounds, n = joint.bounds, joint.n
     k = len(streams)
-    fmax = int(counts.max()) if k else 0
+    fmax = int(atd.shape[1])
+    res = np.zeros((k, fmax, n))
     if n == 0 or fmax == 0:
-        return [[np.zeros((c, b - a)) for a, b in bounds] for c in counts]
+        return res
     m, cache, temporal = joint.m, joint.cache, joint.temporal
     first, second = joint.first, joint.second
+    counts = np.asarray(counts)
     order = np.argsort(-counts, kind="stable")  # longest first: active streams are a prefix
-    atd = np.zeros((k, fmax, n))
+    sorted_atd = atd[order]
     w_prev = np.empty((k, n))
     st = np.empty((k, n), dtype=np.int8)
-    for j, i in enumerate(order):
-        for blk, (a, b), solver in zip(atds[i], bounds, streams[i], strict=True):
-            atd[j, : counts[i], a:b] = blk
+    for j, i in enumerate(order.tolist()):
+        for (a, b), solver in zip(bounds, streams[i], strict=True):
             w_prev[j, a:b] = solver._w_prev
             st[j, a:b] = solver._state
     alive = np.searchsorted(-counts[order], -np.arange(fmax), side="left")  # count > f
-    res = np.zeros((k, fmax, n))
     ones = np.ones((k, n))
     for f in range(fmax):
         na = int(alive[f])
-        rhs = atd[:na, f] + temporal * w_prev[:na]
+        if na == 0:
+            break
+        rhs = sorted_atd[:na, f] + temporal * w_prev[:na]
         x, st[:na] = solve_box_qp_many(m, rhs, ones[:na], st[:na], cache)
         if first.size:
             # per pair, the smaller weight is capped at CANCEL_UPPER_BOUND and the frame
@@ -669,12 +687,10 @@ def _solve_group(streams: list[Sequence[BlendshapeSolver]], atds: list[list[np.n
                 capped = (upper < 1.0) & (x[need] > CANCEL_UPPER_BOUND)
                 warm[capped] = _UPPER
                 x[need] = solve_box_qp_many(m, rhs[need], upper, warm, cache)[0]
-        res[:na, f] = x
+        res[order[:na], f] = x
         w_prev[:na] = x
-    out: list[list[np.ndarray]] = [[] for _ in range(k)]
-    for j, i in enumerate(order):
+    for j, i in enumerate(order.tolist()):
         for (a, b), solver in zip(bounds, streams[i], strict=True):
             solver._w_prev = w_prev[j, a:b].copy()
             solver._state = st[j, a:b].copy()
-        out[i] = [res[j, : counts[i], a:b] for a, b in bounds]
-    return out
+    return res
