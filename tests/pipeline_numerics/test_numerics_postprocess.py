@@ -14,6 +14,7 @@ from a2f_inference.pipeline.postprocess import (
     SecondOrderSmoother,
     benchmark_postprocess,
     face_mask,
+    process_streams,
     rigid_fit,
     saccade_index,
     smoothing_alpha,
@@ -233,3 +234,43 @@ def test_limit_blas_threads_sets_and_reports_the_previous_count() -> None:
     finally:
         for n in set(before.values()):
             threadpool_limits(limits=n, user_api="blas")
+
+
+@pytest.mark.parametrize("kind", ["regression", "diffusion"])
+def test_streams_processed_together_match_each_stream_alone(kind: str) -> None:
+    """process_streams (shared projections, filters over all streams, vectorised solve)
+    gives every stream exactly what its own calls give, whatever the other streams, their
+    parameters (several groups) and the chunking."""
+    model = make_model(kind)
+    idents = model.identities
+    setups = [
+        (idents[0], _face(model), None),
+        (idents[0], _face(model), None),
+        (idents[-1], _face(model, upperFaceSmoothing=0.05, lowerFaceSmoothing=0.0), None),
+        (idents[0], _face(model), BlendshapeParamsNim.from_nim({"JawOpen": 2.0}, {}, True)),
+        (idents[0], _face(model, faceMaskLevel=0.3), None),
+    ]
+    rows = [_rows(model, FramePostprocessor(model, i, f, b), 23 + 4 * n, seed=n)
+            for n, (i, f, b) in enumerate(setups)]
+    pps = [FramePostprocessor(model, i, f, b) for i, f, b in setups]
+    alone = [FramePostprocessor(model, i, f, b) for i, f, b in setups]
+    rng = np.random.default_rng(5)
+    pos = [0] * len(setups)
+    while any(p < len(r) for p, r in zip(pos, rows, strict=True)):
+        chunk = []
+        for n, r in enumerate(rows):
+            step = int(rng.integers(0, 9))  # some streams send nothing this time
+            chunk.append(r[pos[n] : pos[n] + step])
+            pos[n] += step
+        for n, w in enumerate(process_streams(pps, chunk)):
+            assert w.shape == (chunk[n].shape[0], 68)
+            # same chunks alone (a product over more rows may round differently)
+            assert np.array_equal(w, alone[n].process(chunk[n])), n
+
+
+def test_a_stream_given_twice_is_refused() -> None:
+    model = make_model("regression")
+    pp = FramePostprocessor(model, model.identities[0], _face(model))
+    r = _rows(model, pp, 2, 0)
+    with pytest.raises(ValueError, match="appears twice"):
+        process_streams([pp, pp], [r, r])

@@ -10,9 +10,12 @@ from pn_synthetic import blendshape_set
 from a2f_inference.pipeline.solve import (
     CANCEL_UPPER_BOUND,
     BlendshapeSolver,
+    FreeSetCache,
     build_problem,
     solve_box_qp,
+    solve_box_qp_many,
     solve_box_qp_reference,
+    solve_streams_blocks,
 )
 from a2f_volume.model_folder import ARKIT_SKIN_NPZ_KEYS, TONGUE_NAMES, BlendshapeSet
 
@@ -134,3 +137,50 @@ def test_fast_stream_solver_matches_reference_stream_solver() -> None:
         fast = BlendshapeSolver(prob).solve_poses(poses)
         ref = BlendshapeSolver(prob, fast=False).solve_poses(poses)
         assert np.abs(fast - ref).max() < 1e-6
+
+
+@pytest.mark.parametrize("n", [16, 52])
+def test_many_problems_at_once_match_the_single_solver(n: int) -> None:
+    """solve_box_qp_many: every row is the exact solution (against BVLS), and a row's result
+    does not depend on the other rows solved with it."""
+    rng = np.random.default_rng(100 + n)
+    a = rng.standard_normal((3 * n, n))
+    m = a.T @ a + 0.1 * np.eye(n) + 0.3 * np.ones((n, n))
+    cache = FreeSetCache(m)
+    k = 12
+    states = np.zeros((k, n), dtype=np.int8)
+    for _ in range(15):
+        rhs = rng.standard_normal((k, n)) * rng.uniform(0.5, 20.0, (k, 1))
+        upper = np.ones((k, n))
+        upper[rng.uniform(size=(k, n)) < 0.1] = CANCEL_UPPER_BOUND
+        x, new_states = solve_box_qp_many(m, rhs, upper, states, cache)
+        for j in range(k):
+            ref = solve_box_qp_reference(m, rhs[j], upper[j])
+            assert np.abs(x[j] - ref).max() < 1e-6
+            assert x[j].min() >= 0.0 and np.all(x[j] <= upper[j])
+            x1, st1 = solve_box_qp_many(m, rhs[j : j + 1], upper[j : j + 1],
+                                        states[j : j + 1], cache)
+            assert np.array_equal(x1[0], x[j]) and np.array_equal(st1[0], new_states[j])
+        states = new_states
+
+
+def test_streams_solved_together_match_each_stream_alone() -> None:
+    rng = np.random.default_rng(21)
+    skin = build_problem(_set(seed=4))
+    tongue = build_problem(blendshape_set(rng, TONGUE_NAMES, 80, temporal=5.0))
+    counts = [9, 0, 4, 9, 1]
+    atds = [(rng.standard_normal((c, skin.num_active)) * 3,
+             rng.standard_normal((c, tongue.num_active))) for c in counts]
+    alone = []
+    for s, t in atds:
+        alone.append((BlendshapeSolver(skin).solve_active(s),
+                      BlendshapeSolver(tongue).solve_active(t)))
+    solvers = [(BlendshapeSolver(skin), BlendshapeSolver(tongue)) for _ in counts]
+    together = solve_streams_blocks(solvers, atds)
+    for (ws, wt), (gs, gt) in zip(alone, together, strict=True):
+        assert np.array_equal(ws, gs) and np.array_equal(wt, gt)
+    # the solvers' state moved on exactly as alone: the next frame agrees too
+    nxt = rng.standard_normal((1, skin.num_active))
+    ref = BlendshapeSolver(skin)
+    ref.solve_active(atds[0][0])
+    assert np.array_equal(ref.solve_active(nxt), solvers[0][0].solve_active(nxt))

@@ -548,8 +548,8 @@ def process_streams(pps: Sequence[FramePostprocessor], rows: Sequence[np.ndarray
     """:meth:`FramePostprocessor.process` for several streams at once: ``rows[i]`` are the
     next network rows of ``pps[i]`` (a stream appears at most once).
 
-    Streams with the same projections and filter rates are processed together: one product
-    projects the rows of all of them, the smoothing filters run over all of them at once
+    Streams with the same projections and filter rates are processed together: the
+    smoothing filters run over all of them at once
     (each stream with its own state), and the solves run vectorised frame by frame
     (:func:`~.solve.solve_streams_blocks`, skin and tongue side by side). This removes most
     of the per-stream and per-frame Python cost when a batch holds many streams; each
@@ -577,20 +577,13 @@ def _process_group(pps: list[FramePostprocessor], rows: list[np.ndarray]) -> lis
     pa = p0._skin_prob.num_active
     counts = [r.shape[0] for r in rows]
     k, fmax = len(rows), max(counts)
-    # rows -> projections (one product for all streams), padded to [K, Fmax, .]
-    cat = rows[0] if k == 1 else np.concatenate(rows)
-    y = (_source(cat, lay.skin, sp.cols) @ sp.kt).astype(np.float64)
-    ty = (_source(cat, lay.tongue, tp.cols) @ tp.kt).astype(np.float64)
-    if k == 1:
-        skin_y, tongue_y = y[None], ty[None]
-    else:
-        skin_y = np.zeros((k, fmax, y.shape[1]))
-        tongue_y = np.zeros((k, fmax, ty.shape[1]))
-        at = 0
-        for j, c in enumerate(counts):
-            skin_y[j, :c] = y[at : at + c]
-            tongue_y[j, :c] = ty[at : at + c]
-            at += c
+    # rows -> projections, padded to [K, Fmax, .]; one product per stream, as a product
+    # over the rows of several streams may round differently with their number
+    skin_y = np.zeros((k, fmax, sp.kt.shape[1]))
+    tongue_y = np.zeros((k, fmax, tp.kt.shape[1]))
+    for j, (r, c) in enumerate(zip(rows, counts, strict=True)):
+        skin_y[j, :c] = _source(r, lay.skin, sp.cols) @ sp.kt
+        tongue_y[j, :c] = _source(r, lay.tongue, tp.cols) @ tp.kt
     up = smooth_streams([pp._upper for pp in pps], skin_y[:, :, :pa], counts)
     low = smooth_streams([pp._lower for pp in pps], skin_y[:, :, pa:], counts)
     # Aᵀd of skin and tongue side by side, per-stream constants and strengths
