@@ -172,9 +172,18 @@ async def stream_audio(
     ``keep_data=False`` keeps only time codes and arrival times (load generators).
     """
     result = StreamResult(started_s=time.perf_counter())
+    answered = asyncio.Event()  # the server accepted the header, or ended the call
 
     async def gen() -> AsyncIterator[messages_pb2.AudioWithEmotionStream]:
         for i, req in enumerate(requests):
+            if i == 1:
+                # Audio goes out once the server has answered the header. A call the server
+                # has already ended (unknown model, bad header) must not be written to: a
+                # failed write makes grpc.aio report INTERNAL "Internal error from Core"
+                # instead of the server's status (grpc/grpc#36066).
+                await answered.wait()
+            if call.done():
+                return
             if pace_s > 0 and i > 1 and req.HasField("audio_with_emotion"):
                 await asyncio.sleep(pace_s)
             if send_times is not None:
@@ -183,6 +192,7 @@ async def stream_audio(
         result.audio_done_s = time.perf_counter()
 
     call = stub.ProcessAudioStream(gen(), metadata=metadata, timeout=timeout_s)
+    call.add_done_callback(lambda _call: answered.set())
     try:
         for key, value in await call.initial_metadata() or ():
             if key == VERSION_METADATA:
@@ -191,6 +201,7 @@ async def stream_audio(
             part = msg.WhichOneof("stream_part")
             result.order.append(part or "")
             if part == "animation_data_stream_header":
+                answered.set()  # the header was accepted (an error ends the call instead)
                 h = msg.animation_data_stream_header
                 result.blend_shapes = list(h.skel_animation_header.blend_shapes)
                 result.header_audio_rate = h.audio_header.samples_per_second

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -95,8 +96,17 @@ class AudioStreamCall:
                   context: grpc.aio.ServicerContext) -> AsyncIterator[Response]:
         reader: asyncio.Task[None] | None = None
         try:
-            self.model = self.registry.acquire(_metadata(context, MODEL_METADATA),
-                                               _metadata(context, IDENTITY_METADATA))
+            try:
+                self.model = self.registry.acquire(_metadata(context, MODEL_METADATA),
+                                                   _metadata(context, IDENTITY_METADATA))
+            except Exception:
+                # Take the client's header in before ending the call: a client that writes
+                # to a call the server has already ended may lose the status (grpc.aio
+                # reports INTERNAL then, grpc/grpc#36066). Bounded, so a silent client
+                # cannot hold the call.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(anext(requests), 1.0)
+                raise
             self.metrics.active_streams.labels(self.model.name).inc()
             await context.send_initial_metadata(((VERSION_METADATA, self.model.version),))
             first = await self._next(requests)
