@@ -35,7 +35,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import lfilter
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from a2f_volume.errors import InvalidArgumentError
@@ -125,15 +124,11 @@ class SecondOrderSmoother:
             return x.copy()
         if x.shape[0] == 0:
             return x.copy()
-        a = self.alpha
         if self._s1 is None or self._s2 is None:
             self._s1, self._s2 = x[0].copy(), x[0].copy()  # the first frame seeds both
-        # each stage is y[k] = (1 - a) y[k-1] + a x[k]; lfilter's state is (1 - a) y[k-1]
-        den = [1.0, a - 1.0]
-        s1, _ = lfilter([a], den, x, axis=0, zi=((1.0 - a) * self._s1)[None, :])
-        s2, _ = lfilter([a], den, s1, axis=0, zi=((1.0 - a) * self._s2)[None, :])
-        self._s1, self._s2 = s1[-1].copy(), s2[-1].copy()
-        return np.asarray(s2)
+        s1, s2 = _two_stages(x[None], self._s1[None], self._s2[None], self.alpha)
+        self._s1, self._s2 = s1[0, -1].copy(), s2[0, -1].copy()
+        return s2[0]
 
 
 def face_mask(neutral_skin: np.ndarray, level: float, softness: float) -> np.ndarray:
@@ -630,12 +625,28 @@ def smooth_streams(smoothers: list[SecondOrderSmoother], x: np.ndarray, counts: 
                      for k, sm in enumerate(smoothers)])  # the first frame seeds both
     s2_0 = np.stack([sm._s2 if sm._s2 is not None else x[k, 0]
                      for k, sm in enumerate(smoothers)])
-    den = [1.0, a - 1.0]
-    s1, _ = lfilter([a], den, x, axis=1, zi=((1.0 - a) * s1_0)[:, None, :])
-    s2, _ = lfilter([a], den, s1, axis=1, zi=((1.0 - a) * s2_0)[:, None, :])
+    s1, s2 = _two_stages(x, s1_0, s2_0, a)
     for k, (sm, c) in enumerate(zip(smoothers, counts, strict=True)):
         sm._s1, sm._s2 = s1[k, c - 1].copy(), s2[k, c - 1].copy()
-    return np.asarray(s2)
+    return s2
+
+
+def _two_stages(x: np.ndarray, s1: np.ndarray, s2: np.ndarray, a: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Both stages ``y[k] = (1 - a) y[k-1] + a x[k]`` over ``x`` ``[K, F, D]`` from the
+    states ``s1``, ``s2`` ``[K, D]``; returns every frame of both stages. Frame by frame
+    over all streams at once: few frames per call are the common case, where this beats
+    ``scipy.signal.lfilter``'s set-up, and the result does not depend on how the frames are
+    split into calls."""
+    out1 = np.empty(x.shape)
+    out2 = np.empty(x.shape)
+    b = 1.0 - a
+    for f in range(x.shape[1]):
+        s1 = b * s1 + a * x[:, f]
+        s2 = b * s2 + a * s1
+        out1[:, f] = s1
+        out2[:, f] = s2
+    return out1, out2
 
 
 def limit_blas_threads(threads: int = 1) -> dict[str, int]:

@@ -66,6 +66,8 @@ class ServeBenchResult:
     library_frames_per_cpu_s: float | None = None
     served_to_library_cpu: float | None = None
     server_max_batch: int = 0
+    # CPU of this process while it drove the streams (the load generator shares the cores)
+    client_cpu_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
 
@@ -242,6 +244,7 @@ def run_serve_bench(args: argparse.Namespace) -> ServeBenchResult:
         server.wait_serving()
         info = model_info(server.address, name)
         cpu0 = _proc_cpu_s(server.proc.pid)
+        client0 = time.process_time()
         log.info("server up on %s: %s %s, max batch %d, look-ahead %.3fs", server.address,
                  info.kind, info.version, info.max_batch, info.lookahead_s)
         res = asyncio.run(drive(
@@ -250,6 +253,7 @@ def run_serve_bench(args: argparse.Namespace) -> ServeBenchResult:
             lookahead_s=info.lookahead_s, realtime_threshold_s=args.realtime_threshold_s))
         res.server_max_batch = info.max_batch
         res.server_cpu_s = _proc_cpu_s(server.proc.pid) - cpu0
+        res.client_cpu_s = time.process_time() - client0
         res.frames_per_cpu_s = res.frames / max(1e-9, res.server_cpu_s)
     finally:
         server.stop()
@@ -306,7 +310,8 @@ def report(res: ServeBenchResult, as_json: bool) -> str:
         f"  streams: {res.started} started, {res.completed} completed, {res.errors} errors "
         f"{res.error_codes or ''}".rstrip(),
         f"  served: {res.frames} frames in {res.wall_s:.1f}s = {res.frames_per_s:.0f} frames/s; "
-        f"server CPU {res.server_cpu_s:.1f}s = {res.frames_per_cpu_s:.0f} frames per CPU-s",
+        f"server CPU {res.server_cpu_s:.1f}s = {res.frames_per_cpu_s:.0f} frames per CPU-s; "
+        f"load generator CPU {res.client_cpu_s:.1f}s",
         f"  frame latency: p50 {res.latency_p50_ms:.1f} ms, p99 {res.latency_p99_ms:.1f} ms, "
         f"max {res.latency_max_ms:.1f} ms; first frame p50 {res.first_frame_p50_ms:.0f} ms",
     ]
