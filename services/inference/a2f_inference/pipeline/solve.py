@@ -12,18 +12,24 @@ Per frame, over the active poses of one blendshape set (spec section 4)::
 then, for each cancel pair, the smaller weight's upper bound becomes 1e-10 and the system is
 solved again; ``w_prev <- w``; inactive poses are 0; the model's multipliers and offsets apply.
 
-Two solvers of the box-constrained quadratic program are provided:
+Solvers of the box-constrained quadratic program:
 
 * :func:`solve_box_qp_reference`: SciPy's bounded-variable least squares (``lsq_linear``,
   ``method="bvls"``) on the Cholesky factor of ``M`` -- slow, used to validate;
 * :func:`solve_box_qp`: block principal pivoting (full exchange with Murty's single-exchange
   fallback, so it terminates) on the small dense ``P x P`` system, warm-started from the
   previous frame's active set. It is exact (KKT conditions hold to the tolerance), not an
-  iterative approximation, and typically needs one or two linear solves per frame.
+  iterative approximation, and typically needs one or two linear solves per frame;
+* :func:`solve_box_qp_many`: the same pivoting for ``K`` problems at once, each step one
+  batched product over the rows not yet optimal (inverses of ``M_FF`` come from a store
+  shared by every stream of the problem, :class:`FreeSetCache`).
 
-:class:`BlendshapeSolver` keeps the per-stream state (``w_prev`` and the warm start) and
-solves ``[F]`` consecutive frames of one stream given ``Aᵀd`` rows (the fast path, fed by the
-projections of :mod:`.postprocess`) or full poses.
+:class:`BlendshapeSolver` keeps the per-stream state (``w_prev`` and the warm start).
+:func:`solve_streams_blocks` solves the frames of many streams: frame ``f`` of every stream
+in one vectorised step, each stream's skin and tongue side by side as one block-diagonal
+problem; the cancel re-solve starts from the frame's own partition with the capped weights at
+their new bound. Products are per row, so a stream's result does not depend on the other
+streams of the batch.
 """
 
 from __future__ import annotations
@@ -402,56 +408,43 @@ def solve_box_qp_many(
     rows whose previous partition is still optimal are done after it.
     """
     k, n = rhs.shape
+    st = np.array(states, dtype=np.int8, copy=True)
     if n == 0 or k == 0:
-        return np.zeros((k, n)), np.array(states, dtype=np.int8, copy=True)
-    x_out: np.ndarray | None = None  # allocated once some row needs a second step
-    st_out = np.array(states, dtype=np.int8, copy=True)
+        return np.zeros((k, n)), st
     best = np.full(k, n + 1)
     backups = np.full(k, 3)
-    todo = np.arange(k)
-    st, r, u = st_out, rhs, upper
     u_tol = upper + tol
     gtol = tol * np.maximum(cache.scale, np.abs(rhs).max(axis=1))[:, None]
+    # Every row takes part in every step: a row that is optimal keeps its partition (nothing
+    # to flip), so the next step gives it the same x again, and the last step's x holds the
+    # answer of every row. Cheaper than compressing the rows still at work after each step.
     for step in range(10 * n + 20):
         at_upper = st == _UPPER
         # products are per row (never a K-row GEMM, whose rounding may depend on K): a
         # stream's result must not depend on which other streams share the step
         if at_upper.any():
-            x0 = np.where(at_upper, u, 0.0)
-            x = cache.apply(st == _FREE, r - _rowwise(m, x0))
+            x0 = np.where(at_upper, upper, 0.0)
+            x = cache.apply(st == _FREE, rhs - _rowwise(m, x0))
             x += x0
         else:
-            x = cache.apply(st == _FREE, r)
+            x = cache.apply(st == _FREE, rhs)
         g = _rowwise(m, x)
-        g -= r
+        g -= rhs
         # a bound variable sits exactly on its bound, so only free ones can leave the box;
         # the gradient must point out of the box at a bound (st * g <= gtol)
         g *= st
         bad = (x < -tol) | (x > u_tol) | (g > gtol)
-        ok = ~bad.any(axis=1)
-        if step == 0 and ok.all():  # the common case: every warm start still optimal
-            return np.clip(x, 0.0, u, out=x), st_out
-        if x_out is None:
-            x_out = np.zeros((k, n))
-        if ok.any():
-            rows = todo[ok]
-            x_out[rows] = np.clip(x[ok], 0.0, u[ok])
-            st_out[rows] = st[ok]
-            if ok.all():
-                return x_out, st_out
-            keep = ~ok
-            todo, st, r, u, u_tol, x, bad, gtol = (
-                todo[keep], st[keep], r[keep], u[keep], u_tol[keep], x[keep], bad[keep],
-                gtol[keep])  # fmt: skip
+        count = np.count_nonzero(bad, axis=1)
+        if not count.any():
+            return np.clip(x, 0.0, upper, out=x), st
         # Murty's safeguard: full exchange while the number of violations improves or
         # within 3 steps of the last improvement, then single exchange
-        count = np.count_nonzero(bad, axis=1)
-        improved = count < best[todo]
-        back = backups[todo]
-        best[todo] = np.where(improved, count, best[todo])
-        backups[todo] = np.where(improved, 3, np.where(back > 0, back - 1, back))
+        improved = count < best
+        back = backups
+        best = np.where(improved, count, best)
+        backups = np.where(improved, 3, np.where(back > 0, back - 1, back))
         if step >= 4:  # a single exchange needs 4 steps without improvement first
-            single = ~improved & (back <= 0)
+            single = ~improved & (back <= 0) & (count > 0)
             if single.any():  # only the last violating variable changes side
                 last = n - 1 - np.argmax(bad[single, ::-1], axis=1)
                 one = np.zeros((int(single.sum()), n), dtype=bool)
@@ -459,8 +452,10 @@ def solve_box_qp_many(
                 bad[single] = one
         flipped = np.where(st == _FREE, np.where(x < 0.0, _LOWER, _UPPER), _FREE)
         st = np.where(bad, flipped, st).astype(np.int8)
-    if x_out is None:
-        x_out = np.zeros((k, n))
+    todo = np.flatnonzero(count)
+    x_out = np.clip(x, 0.0, upper)
+    r, u = rhs[todo], upper[todo]
+    st_out = st
     logger.warning("box QP pivoting did not converge (n=%d) for %d of %d problems; using the "
                    "reference solver for them", n, todo.size, k)
     for j, row in enumerate(todo):
@@ -484,7 +479,8 @@ class BlendshapeSolver:
     """Per-stream solve over one blendshape set; keeps ``w_prev`` and the warm start.
 
     ``fast=False`` uses the reference BVLS for every frame (for validation only). Streams of
-    the same blendshape set are solved together, frame by frame, by :func:`solve_streams`;
+    the same blendshape set are solved together, frame by frame, by
+    :func:`solve_streams_blocks`;
     :meth:`solve_active` is that for one stream.
     """
 
