@@ -171,14 +171,15 @@ def test_streams_solved_together_match_each_stream_alone() -> None:
     counts = [9, 0, 4, 9, 1]
     atds = [(rng.standard_normal((c, skin.num_active)) * 3,
              rng.standard_normal((c, tongue.num_active))) for c in counts]
-    alone = []
-    for s, t in atds:
-        alone.append((BlendshapeSolver(skin).solve_active(s),
-                      BlendshapeSolver(tongue).solve_active(t)))
+    alone = [solve_streams_blocks([(BlendshapeSolver(skin), BlendshapeSolver(tongue))],
+                                  [blocks])[0] for blocks in atds]
     solvers = [(BlendshapeSolver(skin), BlendshapeSolver(tongue)) for _ in counts]
     together = solve_streams_blocks(solvers, atds)
-    for (ws, wt), (gs, gt) in zip(alone, together, strict=True):
+    for (ws, wt), (gs, gt), (s, t) in zip(alone, together, atds, strict=True):
         assert np.array_equal(ws, gs) and np.array_equal(wt, gt)
+        # blocks side by side = each block on its own (up to rounding)
+        assert np.allclose(BlendshapeSolver(skin).solve_active(s), gs, rtol=0, atol=1e-9)
+        assert np.allclose(BlendshapeSolver(tongue).solve_active(t), gt, rtol=0, atol=1e-9)
     # the solvers' state moved on exactly as alone: the next frame agrees too
     nxt = rng.standard_normal((1, skin.num_active))
     ref = BlendshapeSolver(skin)

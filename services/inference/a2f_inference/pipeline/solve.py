@@ -231,6 +231,57 @@ def solve_box_qp_reference(
     return x
 
 
+class _SlotStore:
+    """``n x n`` matrices in one contiguous array, found by a hashable key (oldest evicted
+    first), so the matrices of ``K`` rows come out in one gather. Thread-safe."""
+
+    def __init__(self, n: int, max_entries: int) -> None:
+        self.n = n
+        self.max_entries = max_entries
+        self._slots: dict[Hashable, int] = {}
+        self._keys: list[Hashable] = []  # slot -> key
+        self._store = np.zeros((0, n, n))
+        self._next = 0  # next slot to reuse once full
+        self._lock = threading.Lock()
+
+    def take(self, keys: list[Hashable], fill: Callable[[int, np.ndarray], None]) -> np.ndarray:
+        """``[K, n, n]``: the matrix of each key; ``fill(k, out)`` writes the matrix of
+        ``keys[k]`` into the zeroed ``out`` when it is not stored yet."""
+        with self._lock:
+            get = self._slots.get
+            slots = [get(key, -1) for key in keys]
+            if min(slots, default=0) < 0:
+                busy = {slot for slot in slots if slot >= 0}  # not to be evicted now
+                for k, slot in enumerate(slots):
+                    if slot < 0:
+                        slot = self._slots.get(keys[k], -1)  # a repeat within this call
+                        if slot < 0:
+                            slot = self._allocate(keys[k], busy)
+                            fill(k, self._store[slot])
+                        slots[k] = slot
+                        busy.add(slot)
+            return self._store[slots]
+
+    def _allocate(self, key: Hashable, busy: set[int]) -> int:
+        if len(self._keys) < self.max_entries:
+            slot = len(self._keys)
+            if slot >= self._store.shape[0]:
+                grown = np.zeros((min(self.max_entries, max(16, 2 * slot)), self.n, self.n))
+                grown[:slot] = self._store[:slot]
+                self._store = grown
+            self._keys.append(key)
+        else:
+            while self._next in busy:
+                self._next = (self._next + 1) % self.max_entries
+            slot = self._next
+            self._next = (slot + 1) % self.max_entries
+            del self._slots[self._keys[slot]]
+            self._keys[slot] = key
+            self._store[slot] = 0.0
+        self._slots[key] = slot
+        return slot
+
+
 class FreeSetCache:
     """Inverses of ``M_FF`` keyed by the free set ``F``, shared by every stream solving the
     same problem (consecutive frames mostly reuse a few free sets). Bounded (oldest entries
@@ -239,7 +290,7 @@ class FreeSetCache:
     Two forms are kept: ``(F, inv(M_FF))`` for the single solve (:meth:`get`), and for the
     vectorised solve of many streams (:meth:`apply`) the inverse scattered into an
     ``n x n`` slot (zeros outside ``F x F``) of one contiguous store, found by the free set
-    packed into an integer, so a step over ``K`` streams costs one gather and one batched
+    packed into a number, so a step over ``K`` streams costs one gather and one batched
     product.
     """
 
@@ -249,12 +300,8 @@ class FreeSetCache:
         self.scale = max(1.0, float(np.abs(m.diagonal()).max())) if m.size else 1.0
         self.max_entries = max_entries
         self._entries: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
-        self._lock = threading.Lock()
-        self._slots: dict[float | bytes, int] = {}  # packed free set -> slot in _store
-        self._keys: list[float | bytes] = []  # slot -> packed free set
+        self._store = _SlotStore(self.n, max_entries)
         self._bit_values = 2.0 ** np.arange(self.n) if self.n <= 53 else np.zeros(0)
-        self._store = np.zeros((0, self.n, self.n))
-        self._next = 0  # next slot to reuse once the store is full (oldest first)
         #: joint problems this problem leads (see _joint)
         self.joints: dict[tuple[int, ...], Any] = {}
 
@@ -267,63 +314,51 @@ class FreeSetCache:
             _bounded_put(self._entries, key, hit, self.max_entries)
         return hit
 
-    def _pack(self, free: np.ndarray) -> list[float] | list[bytes]:
-        """One hashable key per row of ``free``: the bits as an exact float (n <= 53; one
-        product for all rows), else the packed bytes."""
+    def keys(self, free: np.ndarray) -> list[Hashable]:
+        """One key per row of ``free``: the bits as an exact float (n <= 53; one product for
+        all rows), else the packed bytes."""
         if self.n <= 53:
-            keys: list[float] = (free @ self._bit_values).tolist()
+            keys: list[Hashable] = (free @ self._bit_values).tolist()
             return keys
         return [row.tobytes() for row in np.packbits(free, axis=1)]
 
-    def _slot_for(self, key: float | bytes, free: np.ndarray) -> int:
-        """Called with the lock held, on a miss."""
-        if len(self._keys) < self.max_entries:
-            slot = len(self._keys)
-            if slot >= self._store.shape[0]:
-                grown = np.zeros((min(self.max_entries, max(16, 2 * slot)), self.n, self.n))
-                grown[:slot] = self._store[:slot]
-                self._store = grown
-            self._keys.append(key)
-        else:
-            slot = self._next
-            self._next = (slot + 1) % self.max_entries
-            del self._slots[self._keys[slot]]
-            self._keys[slot] = key
-            self._store[slot] = 0.0
+    def fill(self, free: np.ndarray, out: np.ndarray) -> None:
+        """Write ``inv(M_FF)`` into the zeroed ``[n, n]`` ``out`` (zero outside ``F x F``)."""
         fi, inv = self.get(free)
-        self._store[slot][np.ix_(fi, fi)] = inv
-        self._slots[key] = slot
-        return slot
+        out[np.ix_(fi, fi)] = inv
 
     def apply(self, free: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``x[k] = P_F inv(M_FF) P_Fᵀ b[k]`` for the free set ``free[k]`` of every row:
         ``free`` ``[K, n]`` bool, ``b`` ``[K, n]``; zero outside each row's free set."""
-        keys = self._pack(free)
-        with self._lock:
-            get = self._slots.get
-            slots = [get(key, -1) for key in keys]
-            for k, slot in enumerate(slots):
-                if slot < 0:
-                    slots[k] = self._slot_for(keys[k], free[k])
-            # one matrix-vector product per row: no dependence on the other rows
-            return np.matmul(self._store[slots], b[:, :, None])[:, :, 0]
+        mats = self._store.take(self.keys(free), lambda k, out: self.fill(free[k], out))
+        # one matrix-vector product per row: no dependence on the other rows
+        return np.matmul(mats, b[:, :, None])[:, :, 0]
 
 
 class BlockFreeSets:
-    """The free-set inverses of a block-diagonal ``M`` (independent problems side by side),
-    applied block by block with each block's :class:`FreeSetCache`."""
+    """The free-set inverses of a block-diagonal ``M`` (independent problems side by side):
+    each joint free set's block-diagonal inverse is assembled from the blocks'
+    :class:`FreeSetCache` once and kept in its own store, so a step costs one gather and
+    one product for all blocks."""
 
-    def __init__(self, caches: Sequence[FreeSetCache]) -> None:
+    def __init__(self, caches: Sequence[FreeSetCache], max_entries: int = 512) -> None:
         self.caches = tuple(caches)
         ends = np.cumsum([c.n for c in self.caches]).tolist()
         self.bounds = list(zip([0, *ends[:-1]], ends, strict=True))
         self.n = int(ends[-1]) if ends else 0
         self.scale = max((c.scale for c in self.caches), default=1.0)
+        self._store = _SlotStore(self.n, max_entries)
+
+    def _fill(self, free: np.ndarray, out: np.ndarray) -> None:
+        for c, (lo, hi) in zip(self.caches, self.bounds, strict=True):
+            c.fill(free[lo:hi], out[lo:hi, lo:hi])
 
     def apply(self, free: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.concatenate([c.apply(free[:, lo:hi], b[:, lo:hi])
-                               for c, (lo, hi) in zip(self.caches, self.bounds, strict=True)],
-                              axis=1)
+        parts = [c.keys(free[:, lo:hi]) for c, (lo, hi) in zip(self.caches, self.bounds,
+                                                              strict=True)]
+        keys: list[Hashable] = list(zip(*parts, strict=True))
+        mats = self._store.take(keys, lambda k, out: self._fill(free[k], out))
+        return np.matmul(mats, b[:, :, None])[:, :, 0]
 
 
 def _bounded_put(d: dict[bytes, Any], key: bytes, value: Any, max_entries: int) -> None:
