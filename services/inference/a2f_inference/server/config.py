@@ -20,6 +20,7 @@ from a2f_volume.errors import InvalidArgumentError
 
 ENV_PREFIX = "A2F_INFERENCE_"
 ENGINE_POLICIES = ("require-built", "onnx-fallback")
+POSTPROCESS_MODES = ("overlap", "inline")
 HOT_RELOAD_MODES = ("inotify", "poll", "off")
 
 # Fields whose env var is the seed's name rather than the prefixed one.
@@ -49,6 +50,9 @@ class ServerConfig:
         engine_policy: ``onnx-fallback`` loads ``network.onnx`` with ONNX Runtime when no valid
             built engine exists; ``require-built`` refuses such a model (default onnx-fallback).
         ort_threads: ONNX Runtime intra-op threads per model, 0 = runtime's choice (default 0).
+        postprocess: where post-processing runs: ``overlap`` (its own thread, overlapping the
+            next batch's inference) or ``inline`` (on the inference thread, between batches)
+            (default overlap; see docs/server.md for the measurements).
         hot_reload: how model changes on the volume are noticed: ``inotify`` (event wake-ups
             plus the periodic rescan), ``poll`` (the rescan only: NFS and other network
             filesystems), ``off`` (models load once at start) (default inotify).
@@ -72,6 +76,7 @@ class ServerConfig:
     max_wait_s: float = 0.004
     engine_policy: str = "onnx-fallback"
     ort_threads: int = 0
+    postprocess: str = "overlap"
     hot_reload: str = "inotify"
     reload_poll_s: float = 5.0
     reload_debounce_s: float = 0.5
@@ -96,6 +101,8 @@ class ServerConfig:
         need(self.engine_policy in ENGINE_POLICIES,
              f"engine_policy {self.engine_policy!r}, expected one of {ENGINE_POLICIES}")
         need(self.ort_threads >= 0, f"ort_threads {self.ort_threads}, expected >= 0")
+        need(self.postprocess in POSTPROCESS_MODES,
+             f"postprocess {self.postprocess!r}, expected one of {POSTPROCESS_MODES}")
         need(self.hot_reload in HOT_RELOAD_MODES,
              f"hot_reload {self.hot_reload!r}, expected one of {HOT_RELOAD_MODES}")
         need(0.05 <= self.reload_poll_s <= 3600,

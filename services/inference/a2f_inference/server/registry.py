@@ -255,7 +255,8 @@ def load_model(folder: Path, config: ServerConfig,
 
         scheduler = BatchScheduler(
             runtime, max_batch=max_batch, max_wait_s=config.max_wait_s, on_ready=ready,
-            observer=_BatchMetrics(metrics, name) if metrics is not None else None)
+            observer=_BatchMetrics(metrics, name) if metrics is not None else None,
+            pipelined=config.postprocess == "overlap")
         lm = LoadedModel(name=name, folder=folder, version=version, kind=kind,
                          identities=identities, backend=choice.backend,
                          fingerprint=choice.fingerprint, runtime=runtime, scheduler=scheduler,
