@@ -123,23 +123,26 @@ def test_failed_load_keeps_current_is_counted_and_retried_only_when_files_change
     h.settle()
     assert h.serving_version() == v1
     st = _status(h)
-    assert st.failures == 1 and st.failed_version == bad and st.error
+    # one attempt, or two when the reloader saw the version before its engine record landed
+    # (the record is a change of files, so it may retry then)
+    failed = st.failures
+    assert failed in (1, 2) and st.failed_version == bad and st.error
     assert any("failed to load version " + bad in r.getMessage() for r in caplog.records)
     assert h.metrics_registry.get_sample_value(
-        "a2f_inference_model_loads_total", {"model": DIFFUSION, "result": "failed"}) == 1
+        "a2f_inference_model_loads_total", {"model": DIFFUSION, "result": "failed"}) == failed
     assert h.metrics_registry.get_sample_value(
         "a2f_inference_model_loads_total", {"model": DIFFUSION, "result": "loaded"}) == 1
 
-    h.reloader.poke([DIFFUSION])  # nothing changed on disk: no second attempt
+    h.reloader.poke([DIFFUSION])  # nothing changed on disk: no further attempt
     h.settle()
-    assert _status(h).failures == 1
+    assert _status(h).failures == failed
 
     v3 = publish_version(h.root, DIFFUSION, seed=3)
     build_engine(h.root, DIFFUSION)
     h.settle()
     assert h.serving_version() == v3
     st = _status(h)
-    assert st.failures == 1 and st.failed_version == "" and st.error == ""
+    assert st.failures == failed and st.failed_version == "" and st.error == ""
 
 
 def test_version_failing_warm_up_is_not_installed(harness_factory: Factory) -> None:
