@@ -61,9 +61,10 @@ class BatchScheduler:
     on the worker thread with each session that got frames or failed (the server wraps it in
     ``loop.call_soon_threadsafe``). ``observer``: optional :class:`SchedulerObserver`.
     ``pipelined``: post-process on a second thread while the engine runs the next batch.
-    That pays off when the engine does not use the CPU (TensorRT on a GPU); with ONNX
-    Runtime already using every core it only adds contention (measured on 2 cores: fewer
-    frames per CPU-second and a higher p99 latency), hence off by default.
+    That pays off when the engine leaves CPU idle (TensorRT on a GPU; the server, whose event
+    loop and gaps between batches leave room); in a process that only runs batches with ONNX
+    Runtime on every core it adds contention (measured on 2 cores), hence off by default here
+    and on in the server (``--postprocess overlap``).
     """
 
     def __init__(self, runtime: ModelRuntime, *, max_batch: int | None = None,
