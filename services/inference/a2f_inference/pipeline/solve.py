@@ -450,9 +450,15 @@ def solve_box_qp_many(
     backups = np.full(k, 3)
     u_tol = upper + tol
     gtol = tol * np.maximum(cache.scale, np.abs(rhs).max(axis=1))[:, None]
-    # Every row takes part in every step: a row that is optimal keeps its partition (nothing
-    # to flip), so the next step gives it the same x again, and the last step's x holds the
-    # answer of every row. Cheaper than compressing the rows still at work after each step.
+    # After the first step only the rows still at work go on (compressed once). From then on
+    # every one of them takes part in every step: a row that became optimal keeps its
+    # partition (nothing to flip), so each step gives it the same x again, and the last
+    # step's x holds the answer of every row.
+    x_all: np.ndarray | None = None  # results of all rows once some are set aside
+    st_all = st
+    rows = np.arange(k)
+    count = np.zeros(k, dtype=np.intp)
+    x = np.zeros((k, n))
     for step in range(10 * n + 20):
         at_upper = st == _UPPER
         # products are per row (never a K-row GEMM, whose rounding may depend on K): a
@@ -471,7 +477,20 @@ def solve_box_qp_many(
         bad = (x < -tol) | (x > u_tol) | (g > gtol)
         count = np.count_nonzero(bad, axis=1)
         if not count.any():
-            return np.clip(x, 0.0, upper, out=x), st
+            np.clip(x, 0.0, upper, out=x)
+            if x_all is None:
+                return x, st
+            x_all[rows] = x
+            st_all[rows] = st
+            return x_all, st_all
+        if step == 0 and not count.all():  # set the optimal rows aside
+            x_all = np.clip(x, 0.0, upper)
+            st_all = st.copy()
+            keep = count > 0
+            rows = np.flatnonzero(keep)
+            st, rhs, upper, u_tol, gtol, x, bad, count, best, backups = (
+                st[keep], rhs[keep], upper[keep], u_tol[keep], gtol[keep], x[keep], bad[keep],
+                count[keep], best[keep], backups[keep])  # fmt: skip
         # Murty's safeguard: full exchange while the number of violations improves or
         # within 3 steps of the last improvement, then single exchange
         improved = count < best
@@ -487,18 +506,20 @@ def solve_box_qp_many(
                 bad[single] = one
         flipped = np.where(st == _FREE, np.where(x < 0.0, _LOWER, _UPPER), _FREE)
         st = np.where(bad, flipped, st).astype(np.int8)
-    todo = np.flatnonzero(count)
-    x_out = np.clip(x, 0.0, upper)
-    r, u = rhs[todo], upper[todo]
-    st_out = st
+    if x_all is None:
+        x_all, st_all = np.clip(x, 0.0, upper), st
+    else:
+        x_all[rows] = np.clip(x, 0.0, upper)
+        st_all[rows] = st
+    failed = np.flatnonzero(count)
     logger.warning("box QP pivoting did not converge (n=%d) for %d of %d problems; using the "
-                   "reference solver for them", n, todo.size, k)
-    for j, row in enumerate(todo):
-        xr = solve_box_qp_reference(m, r[j], u[j], tol)
-        x_out[row] = xr
-        st_out[row] = np.where(xr <= tol, _LOWER,
-                               np.where(xr >= u[j] - tol, _UPPER, _FREE)).astype(np.int8)
-    return x_out, st_out
+                   "reference solver for them", n, failed.size, k)
+    for j in failed:
+        xr = solve_box_qp_reference(m, rhs[j], upper[j], tol)
+        x_all[rows[j]] = xr
+        st_all[rows[j]] = np.where(xr <= tol, _LOWER,
+                                   np.where(xr >= upper[j] - tol, _UPPER, _FREE)).astype(np.int8)
+    return x_all, st_all
 
 
 def _rowwise(m: np.ndarray, x: np.ndarray) -> np.ndarray:
