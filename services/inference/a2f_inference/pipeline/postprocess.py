@@ -462,6 +462,11 @@ class FramePostprocessor:
         out = np.zeros((skin_w.shape[0], NUM_OUTPUT_WEIGHTS))
         out[:, self._skin_cols] = skin_w
         out[:, self._tongue_cols] = tongue_w
+        return self._nim_map(out)
+
+    def _nim_map(self, out: np.ndarray) -> np.ndarray:
+        """``[F, 68]`` weights after the model's maps -> the stream's NIM multipliers and
+        offsets, optional clamping, float32."""
         if not self.bs.is_identity:
             out = out * self._mult + self._offs
             if self.bs.enable_clamping:
@@ -598,15 +603,7 @@ def _process_group(pps: list[FramePostprocessor], rows: list[np.ndarray]) -> lis
     w = np.empty((k, fmax, NUM_OUTPUT_WEIGHTS))
     w[:] = p0._base_row
     w[:, :, p0._joint_cols] += res * p0._joint_scale
-    out = []
-    for j, pp in enumerate(pps):
-        wj = w[j, : counts[j]]
-        if not pp.bs.is_identity:
-            wj = wj * pp._mult + pp._offs
-            if pp.bs.enable_clamping:
-                np.clip(wj, 0.0, 1.0, out=wj)
-        out.append(wj.astype(np.float32))
-    return out
+    return [pp._nim_map(w[j, : counts[j]]) for j, pp in enumerate(pps)]
 
 
 def smooth_streams(smoothers: list[SecondOrderSmoother], x: np.ndarray, counts: list[int]

@@ -21,8 +21,8 @@ Solvers of the box-constrained quadratic program:
   previous frame's active set. It is exact (KKT conditions hold to the tolerance), not an
   iterative approximation, and typically needs one or two linear solves per frame;
 * :func:`solve_box_qp_many`: the same pivoting for ``K`` problems at once, each step one
-  batched product over the rows not yet optimal (inverses of ``M_FF`` come from a store
-  shared by every stream of the problem, :class:`FreeSetCache`).
+  batched product (inverses of ``M_FF`` come from a store shared by every stream of the
+  problem, :class:`FreeSetCache`); :func:`solve_box_qp` is its one-row case.
 
 :class:`BlendshapeSolver` keeps the per-stream state (``w_prev`` and the warm start).
 :func:`solve_streams_blocks` solves the frames of many streams: frame ``f`` of every stream
@@ -287,11 +287,10 @@ class FreeSetCache:
     same problem (consecutive frames mostly reuse a few free sets). Bounded (oldest entries
     go first); thread-safe.
 
-    Two forms are kept: ``(F, inv(M_FF))`` for the single solve (:meth:`get`), and for the
-    vectorised solve of many streams (:meth:`apply`) the inverse scattered into an
-    ``n x n`` slot (zeros outside ``F x F``) of one contiguous store, found by the free set
-    packed into a number, so a step over ``K`` streams costs one gather and one batched
-    product.
+    :meth:`get` computes ``(F, inv(M_FF))``; :meth:`apply` uses the inverse scattered into
+    an ``n x n`` slot (zeros outside ``F x F``) of one contiguous store, found by the free set
+    packed into a number, so a pivoting step over ``K`` streams costs one gather and one
+    batched product.
     """
 
     def __init__(self, m: np.ndarray, max_entries: int = 1024) -> None:
@@ -383,46 +382,14 @@ def solve_box_qp(
     frame's final partition; the returned state seeds the next call. ``cache`` (built for
     the same ``m``) reuses the inverses of ``M_FF``. Falls back to
     :func:`solve_box_qp_reference` if pivoting has not converged after ``10 n + 20`` steps.
+    One row of :func:`solve_box_qp_many`.
     """
     n = rhs.size
-    if n == 0:
-        return np.zeros(0), np.zeros(0, dtype=np.int8)
-    if cache is None:
-        cache = FreeSetCache(m)
-    st = np.zeros(n, dtype=np.int8) if state is None else state.copy()
-    scale = max(cache.scale, float(np.abs(rhs).max()))
-    gtol = tol * scale
-    xtol = tol
-    hi = upper + xtol
-    best = n + 1
-    backups = 3
-    x = np.zeros(n)
-    for _ in range(10 * n + 20):
-        free = st == _FREE
-        at_upper = st == _UPPER
-        x = np.where(at_upper, upper, 0.0)
-        fi, inv = cache.get(free)
-        if fi.size:
-            x[fi] = inv @ (rhs - m @ x)[fi]
-        g = m @ x - rhs
-        bad = np.where(free, (x < -xtol) | (x > hi), np.where(at_upper, g > gtol, g < -gtol))
-        if not bad.any():
-            np.maximum(x, 0.0, out=x)
-            return np.minimum(x, upper, out=x), st
-        count = int(np.count_nonzero(bad))
-        if count < best:
-            best, backups = count, 3
-            idx = np.flatnonzero(bad)
-        elif backups > 0:
-            backups -= 1
-            idx = np.flatnonzero(bad)
-        else:
-            idx = np.flatnonzero(bad)[-1:]
-        st[idx] = np.where(st[idx] == _FREE, np.where(x[idx] < 0.0, _LOWER, _UPPER), _FREE)
-    logger.warning("box QP pivoting did not converge (n=%d); using the reference solver", n)
-    x = solve_box_qp_reference(m, rhs, upper, tol)
-    st = np.where(x <= xtol, _LOWER, np.where(x >= upper - xtol, _UPPER, _FREE)).astype(np.int8)
-    return x, st
+    st = np.zeros(n, dtype=np.int8) if state is None else np.asarray(state, dtype=np.int8)
+    x, st_new = solve_box_qp_many(m, np.asarray(rhs, dtype=np.float64)[None],
+                                  np.asarray(upper, dtype=np.float64)[None], st[None],
+                                  FreeSetCache(m) if cache is None else cache, tol)
+    return x[0], st_new[0]
 
 
 def solve_box_qp_many(

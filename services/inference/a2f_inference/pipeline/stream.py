@@ -690,7 +690,7 @@ def complete_items(items: list[WorkItem], outputs: list[Mapping[str, np.ndarray]
             jobs.append((it, *job))
     together = [j for j in jobs if isinstance(j[1], FramePostprocessor)]
     alone = [j for j in jobs if not isinstance(j[1], FramePostprocessor)]
-    if len(together) > 1:
+    if together:
         try:
             pps = [cast(FramePostprocessor, j[1]) for j in together]
             weights = process_streams(pps, [j[2] for j in together])
@@ -700,9 +700,7 @@ def complete_items(items: list[WorkItem], outputs: list[Mapping[str, np.ndarray]
         else:
             for (it, *_), w in zip(together, weights, strict=True):
                 it.session._finish(it, w)
-    else:
-        alone = together + alone
-    for it, pp, rows, times in alone:
+    for it, pp, rows, times in alone:  # other post-processors, one stream at a time
         try:
             w = pp.process(rows, times)
         except Exception as err:
