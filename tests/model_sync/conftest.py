@@ -15,29 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from prometheus_client import CollectorRegistry
+from s3_fixtures import AWS_ENV, free_port, moto_server, s3_client
 
 from a2f_model_sync.config import SyncConfig
 from a2f_model_sync.metrics import SyncMetrics
 from a2f_model_sync.s3source import open_source
 from a2f_model_sync.sync import ModelSync, RunReport
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 
 
 @pytest.fixture(autouse=True)
@@ -51,22 +36,8 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
     """moto's S3 server in this process, on 127.0.0.1 and a free port."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-def s3_client(endpoint: str) -> Any:
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in AWS_ENV.items():
-            mp.setenv(k, v)
-        return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from s3_fixtures import AWS_ENV, free_port, moto_server, s3_client
 
 from a2f_inference.client import build_requests, stream_audio
 from a2f_inference.proto_gen.nvidia_audio2face_3d import audio2face_pb2_grpc
@@ -45,42 +46,16 @@ pytestmark = [pytest.mark.s3]
 
 MODEL = REGRESSION
 PREFIX = "a2f-models/"
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 BIN = Path(sys.executable).parent
 RATE = 16000
 CLIENTS = 4
 WAIT_S = 90.0  # failure detection only: how long before a step is declared stuck
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-def _s3(endpoint: str) -> Any:
-    import boto3
-
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in AWS_ENV.items():
-            mp.setenv(k, v)
-        return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    with moto_server() as url:
+        yield url
 
 
 def _make_template(base: Path, seed: int, corrupt: bool = False) -> Path:
@@ -265,7 +240,7 @@ def _check_streams(records: list[StreamRecord], refs: References) -> dict[str, i
 
 def test_new_versions_uploaded_to_s3_go_live_without_restart_under_load(
         tmp_path: Path, s3_endpoint: str) -> None:
-    s3 = _s3(s3_endpoint)
+    s3 = s3_client(s3_endpoint)
     bucket = "pod-" + os.urandom(3).hex()
     s3.create_bucket(Bucket=bucket)
     templates = tmp_path / "templates"
@@ -275,7 +250,7 @@ def test_new_versions_uploaded_to_s3_go_live_without_restart_under_load(
     root.mkdir()
     logs = tmp_path / "logs"
     logs.mkdir()
-    pod = Pod(root, logs, _free_port(), _free_port())
+    pod = Pod(root, logs, free_port(), free_port())
     aws = {**AWS_ENV, "PYTHONUNBUFFERED": "1"}
     _upload(s3, bucket, v1)
     try:
