@@ -655,17 +655,19 @@ def _solve_group(streams: list[Sequence[BlendshapeSolver]], atds: list[list[np.n
     for j, blocks in enumerate(atds):
         for blk, (a, b) in zip(blocks, joint.bounds, strict=True):
             atd[j, : counts[j], a:b] = blk
-    res = solve_joint_padded(streams, atd, counts)
+    res = solve_joint_padded(streams, atd, counts, joint)
     return [[res[j, : counts[j], a:b] for a, b in joint.bounds] for j in range(k)]
 
 
 def solve_joint_padded(streams: Sequence[Sequence[BlendshapeSolver]], atd: np.ndarray,
-                       counts: np.ndarray) -> np.ndarray:
+                       counts: np.ndarray, joint: _Joint | None = None) -> np.ndarray:
     """The core of :func:`solve_streams_blocks` for streams whose blocks have the same
     problems: ``atd`` ``[K, Fmax, n]`` holds each stream's blocks side by side (rows past
     ``counts[k]`` are padding); returns the raw active solutions in the same layout
-    (padding rows 0) and updates the solvers."""
-    joint = _joint(tuple(s.problem for s in streams[0]))
+    (padding rows 0) and updates the solvers. ``joint``: the streams' joint problem, when the
+    caller already has it."""
+    if joint is None:
+        joint = _joint(tuple(s.problem for s in streams[0]))
     bounds, n = joint.bounds, joint.n
     k = len(streams)
     fmax = int(atd.shape[1])
