@@ -31,7 +31,7 @@ class Engine(Protocol):
 
     ``run`` takes every input by name (float32 arrays whose batch axis is at most
     ``max_batch``) and returns every output by name. Implementations are safe to call from
-    one thread at a time; the scheduler owns that thread.
+    several threads at once: the scheduler's inference workers run batches side by side.
     """
 
     backend: str

@@ -4,12 +4,16 @@ Tensors are bound by name with a dynamic batch axis; device buffers are allocate
 profile's maximum shapes, inputs are copied on a dedicated stream, ``execute_async_v3`` runs,
 outputs are copied back and the stream is synchronised. Outputs match
 :class:`~a2f_engine.onnxruntime_engine.OnnxRuntimeEngine` (dict of float32 arrays by name).
+
+``run`` may be called from several threads at once (the scheduler's inference workers): each
+thread gets its own execution context, CUDA stream and device buffers, made on its first call.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -61,9 +65,6 @@ class TensorRTEngine:
                 f"TensorRT could not deserialise {self.path}: the plan was built by another "
                 "TensorRT version or for another GPU, or is corrupt (see [TRT] [E] above)")
         self._engine: trt.ICudaEngine = engine
-        self._context: trt.IExecutionContext = engine.create_execution_context()
-        self._stream = _cuda(cudart.cudaStreamCreate(), "cudaStreamCreate")
-        self._buffers: dict[str, int] = {}
 
         inputs: list[TensorSpec] = []
         outputs: list[TensorSpec] = []
@@ -79,19 +80,27 @@ class TensorRTEngine:
                 outputs.append(spec)
         self.inputs = tuple(inputs)
         self.outputs = tuple(outputs)
+        self._max_shapes = max_shapes
         profile_max = min((max_shapes[s.name][s.batch_axis] for s in self.inputs
                            if s.batch_axis >= 0), default=1)
         self.max_batch = min(max_batch, profile_max) if max_batch else profile_max
-        # Size every buffer for the largest shapes the profile allows.
-        for name, shape in max_shapes.items():
-            self._context.set_input_shape(name, shape)
-        for spec in (*self.inputs, *self.outputs):
-            shape = (max_shapes[spec.name] if spec in self.inputs
-                     else dims_tuple(self._context.get_tensor_shape(spec.name)))
-            nbytes = max(1, int(np.prod(shape)) * spec.dtype.itemsize)
-            ptr = _cuda(cudart.cudaMalloc(nbytes), f"cudaMalloc({nbytes}) for {spec.name}")
-            self._buffers[spec.name] = int(ptr)
-            self._context.set_tensor_address(spec.name, int(ptr))
+        self._lock = threading.Lock()
+        self._contexts: list[_Context] = []
+        self._local = threading.local()
+        self._context_for_thread()  # the first one now: a plan that cannot run fails here
+
+    def _context_for_thread(self) -> _Context:
+        ctx: _Context | None = getattr(self._local, "context", None)
+        if ctx is None:
+            with self._lock:
+                ctx = _Context(self._engine, self.inputs, self.outputs, self._max_shapes,
+                               self._cudart)
+                self._contexts.append(ctx)
+            self._local.context = ctx
+            if len(self._contexts) > 1:
+                logger.info("TensorRT engine %s: execution context %d for thread %s",
+                            self.path, len(self._contexts), threading.current_thread().name)
+        return ctx
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from a2f_engine.build_trt import dims_tuple
@@ -99,6 +108,8 @@ class TensorRTEngine:
         cudart = self._cudart
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        ctx = self._context_for_thread()
+        context, stream = ctx.context, ctx.stream
         keep = []
         for spec in self.inputs:
             if spec.name not in feeds:
@@ -108,30 +119,68 @@ class TensorRTEngine:
             if spec.batch_axis >= 0 and arr.shape[spec.batch_axis] > self.max_batch:
                 raise ValueError(f"batch {arr.shape[spec.batch_axis]} of {spec.name!r} exceeds "
                                  f"max batch {self.max_batch}")
-            if not self._context.set_input_shape(spec.name, arr.shape):
+            if not context.set_input_shape(spec.name, arr.shape):
                 raise ValueError(f"shape {arr.shape} of {spec.name!r} is outside the engine's "
                                  "optimisation profile")
             keep.append(arr)
-            _cuda(cudart.cudaMemcpyAsync(self._buffers[spec.name], arr.ctypes.data, arr.nbytes,
-                                         h2d, self._stream), f"copy of {spec.name} to device")
-        if not self._context.execute_async_v3(int(self._stream)):
+            _cuda(cudart.cudaMemcpyAsync(ctx.buffers[spec.name], arr.ctypes.data, arr.nbytes,
+                                         h2d, stream), f"copy of {spec.name} to device")
+        if not context.execute_async_v3(int(stream)):
             raise RuntimeError(f"TensorRT execution of {self.path} failed (see [TRT] [E])")
         results = {}
         for spec in self.outputs:
-            out = np.empty(dims_tuple(self._context.get_tensor_shape(spec.name)),
-                           dtype=spec.dtype)
-            _cuda(cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[spec.name], out.nbytes,
-                                         d2h, self._stream), f"copy of {spec.name} to host")
+            out = np.empty(dims_tuple(context.get_tensor_shape(spec.name)), dtype=spec.dtype)
+            _cuda(cudart.cudaMemcpyAsync(out.ctypes.data, ctx.buffers[spec.name], out.nbytes,
+                                         d2h, stream), f"copy of {spec.name} to host")
             results[spec.name] = out
-        _cuda(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        _cuda(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
         del keep
         return {k: v.astype(np.float32, copy=False) for k, v in results.items()}
 
     def close(self) -> None:
+        with self._lock:
+            contexts, self._contexts = self._contexts, []
+        for ctx in contexts:
+            ctx.close()
+
+
+class _Context:
+    """One execution context with its own CUDA stream and device buffers, sized for the
+    profile's largest shapes (one per thread that runs the engine)."""
+
+    def __init__(self, engine: trt.ICudaEngine, inputs: tuple[TensorSpec, ...],
+                 outputs: tuple[TensorSpec, ...], max_shapes: dict[str, tuple[int, ...]],
+                 cudart: Any) -> None:
+        from a2f_engine.build_trt import dims_tuple
+
+        self._cudart = cudart
+        context = engine.create_execution_context()
+        if context is None:
+            raise EngineLoadError("TensorRT could not create an execution context (out of "
+                                  "device memory?)")
+        self.context: trt.IExecutionContext = context
+        self.buffers: dict[str, int] = {}
+        self.stream: Any = None
+        try:
+            self.stream = _cuda(cudart.cudaStreamCreate(), "cudaStreamCreate")
+            for name, shape in max_shapes.items():
+                self.context.set_input_shape(name, shape)
+            for spec in (*inputs, *outputs):
+                shape = (max_shapes[spec.name] if spec in inputs
+                         else dims_tuple(self.context.get_tensor_shape(spec.name)))
+                nbytes = max(1, int(np.prod(shape)) * spec.dtype.itemsize)
+                ptr = _cuda(cudart.cudaMalloc(nbytes), f"cudaMalloc({nbytes}) for {spec.name}")
+                self.buffers[spec.name] = int(ptr)
+                self.context.set_tensor_address(spec.name, int(ptr))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
         cudart = self._cudart
-        for ptr in self._buffers.values():
+        for ptr in self.buffers.values():
             cudart.cudaFree(ptr)
-        self._buffers.clear()
-        if self._stream is not None:
-            cudart.cudaStreamDestroy(self._stream)
-            self._stream = None
+        self.buffers.clear()
+        if self.stream is not None:
+            cudart.cudaStreamDestroy(self.stream)
+            self.stream = None

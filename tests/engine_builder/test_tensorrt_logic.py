@@ -133,6 +133,43 @@ def test_real_tensorrt_engine_matches_onnxruntime(models_root: Path) -> None:
 
 
 @pytest.mark.tensorrt
+@pytest.mark.gpu
+@needs_trt
+def test_tensorrt_engine_runs_from_several_threads_at_once(models_root: Path) -> None:
+    """The scheduler's inference workers call ``run`` concurrently: each thread gets its own
+    execution context, and every thread's results match ONNX Runtime."""
+    import threading
+
+    from a2f_engine.loader import load_engine
+    from a2f_engine.verify import deterministic_feeds
+
+    folder = make_model(models_root, "mark")
+    out = builder_for(models_root, backend=TensorRTBackend("fp32")).ensure(folder)  # type: ignore[arg-type]
+    assert out.result == "built", out.reason
+    engine = load_engine(ModelPaths(folder), TRT)
+    ref = OnnxRuntimeEngine(folder / "network.onnx", optimize=False)
+    feeds = [deterministic_feeds(ref.inputs, 2 + i, seed=i) for i in range(3)]
+    want = [ref.run(f)["result"] for f in feeds]
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(20):
+                got = engine.run(feeds[i])["result"]
+                np.testing.assert_allclose(got, want[i], atol=1e-3, rtol=1e-3)
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    engine.close()
+    assert not errors, errors
+
+
+@pytest.mark.tensorrt
 @needs_trt
 def test_deserialising_a_foreign_plan_is_an_error_with_the_reason(tmp_path: Path) -> None:
     from a2f_engine.errors import EngineLoadError

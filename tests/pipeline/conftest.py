@@ -3,6 +3,7 @@ real ONNX Runtime engines over them."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -34,8 +35,10 @@ class RecordingEngine:
         self.max_batch = max_batch
         self.calls: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = []
         self.record = False
+        self.run_threads: set[str] = set()  # names of the threads that ran batches
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.run_threads.add(threading.current_thread().name)
         out = self._inner.run(feeds)
         if self.record:
             self.calls.append(({k: v.copy() for k, v in feeds.items()},
@@ -67,6 +70,7 @@ def make_runtime(small_folders: dict[str, ModelFolder], engines: dict[str, Recor
     def make(kind: str, record: bool = False, max_batch: int | None = None) -> ModelRuntime:
         eng = engines[kind]
         eng.calls.clear()
+        eng.run_threads.clear()
         eng.record = record
         return ModelRuntime(small_folders[kind], eng, max_batch=max_batch)
 

@@ -35,9 +35,10 @@ def test_bench_pipeline_reports_both_figures(tmp_path: Path,
                                              small_folders: dict[str, ModelFolder]) -> None:
     model = small_folders["regression"].path
     proc = run("a2f_inference.bench", "pipeline", "--model", str(model), "--streams", "2",
-               "--seconds", "1", "--repeat", "1", "--threads", "1", "--json", cwd=tmp_path)
+               "--seconds", "1", "--repeat", "1", "--workers", "2", "--threads", "1", "--json",
+               cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["frames"] == 60 and report["cores_used"] == 1
+    assert report["frames"] == 60 and report["cores_used"] == 2 and report["workers"] == 2
     assert report["pipeline"]["fps"] > 0 and report["network"]["fps"] > 0
     assert report["ratio_pipeline_to_network"] > 0

@@ -94,6 +94,60 @@ def test_batching_across_streams_gives_the_same_frames_as_alone(make_runtime: Ru
             assert fa.audio == fb.audio
 
 
+@pytest.mark.parametrize(("kind", "pipelined"), [("regression", False), ("regression", True),
+                                                  ("diffusion", False), ("diffusion", True)])
+def test_several_workers_keep_every_stream_in_order(make_runtime: RuntimeFactory, kind: str,
+                                                    pipelined: bool) -> None:
+    """Three workers, small batches: a regression stream's windows spread over batches that
+    run side by side, a diffusion stream's state goes from batch to batch; every stream's
+    frames must equal its frames alone, fed in chunks from several threads at once."""
+    rt = make_runtime(kind, max_batch=3)
+    clips = [to_pcm16(speech_like(1.2 + 0.25 * i, seed=40 + i)) for i in range(5)]
+    alone = [run_offline(rt, c, 16000, constant_noise=True, seed=i) for i, c in enumerate(clips)]
+    engine = rt.engine
+    engine.run_threads.clear()
+    obs = Observer()
+    sched = BatchScheduler(rt, max_wait_s=0.001, observer=obs, pipelined=pipelined, workers=3)
+    sched.start()
+    sessions = [rt.open_stream(None, None, input_rate=16000, constant_noise=True, seed=i)
+                for i in range(len(clips))]
+    got: list[list[Frame]] = [[] for _ in clips]
+
+    def feed(i: int) -> None:
+        rng = np.random.default_rng(i)
+        pcm, pos = clips[i], 0
+        while pos < len(pcm):
+            step = 2 * int(rng.integers(50, 2500))
+            sessions[i].push_audio(pcm[pos : pos + step])
+            pos += step
+            got[i] += sessions[i].take_frames()
+        sessions[i].end_of_audio()
+        got[i] += drain(sessions[i])
+
+    try:
+        feeders = [threading.Thread(target=feed, args=(i,)) for i in range(len(clips))]
+        for t in feeders:
+            t.start()
+        for t in feeders:
+            t.join(60)
+    finally:
+        for s in sessions:
+            s.close()
+        sched.stop()
+    assert len(engine.run_threads) > 1, f"batches ran on {engine.run_threads} only"
+    assert max(b.size for b in obs.batches) <= 3
+    for a, b in zip(alone, got, strict=True):
+        assert [f.index for f in b] == list(range(len(a)))
+        for fa, fb in zip(a, b, strict=True):
+            np.testing.assert_allclose(fa.weights, fb.weights, rtol=1e-5, atol=1e-7)
+            assert fa.audio == fb.audio
+
+
+def test_workers_must_be_positive(make_runtime: RuntimeFactory) -> None:
+    with pytest.raises(ValueError, match="workers 0 must be >= 1"):
+        BatchScheduler(make_runtime("regression"), workers=0)
+
+
 @pytest.mark.parametrize("pipelined", [True, False])
 def test_batches_respect_max_batch(make_runtime: RuntimeFactory, pipelined: bool) -> None:
     rt = make_runtime("regression", max_batch=4)
@@ -142,7 +196,7 @@ def test_engine_failure_reaches_only_its_streams(make_runtime: RuntimeFactory) -
         work = bad.take_work(2)
         assert work is not None
         work.feeds["input"] = work.feeds["input"][:, :, :100]
-        sched._run_batch([[work]])
+        assert sched._run_batch([[work]], {}) is None  # nothing to post-process
         assert bad.error is not None and "inference failed" in str(bad.error)
         with pytest.raises(Exception, match="inference failed"):
             drain(bad)

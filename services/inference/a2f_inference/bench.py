@@ -3,9 +3,11 @@
 ``a2f-bench pipeline`` measures the whole pipeline (N streams of synthetic speech pushed
 through sessions and the batch scheduler: windowing, batched ONNX Runtime inference,
 post-processing and the blendshape solve) against the network alone (the same engine run
-on the same sequence of batch sizes, in the same process, right after), and prints frames per
-second per core for both and their ratio. ONNX Runtime's intra-op threads are set explicitly
-(``--threads``, default: all cores) and reported as the cores used.
+on the same sequence of batch sizes, in the same process, right after, by as many workers
+side by side as the pipeline's scheduler has), and prints frames per second per core for both
+and their ratio. Inference workers and ONNX Runtime intra-op threads per worker are set
+explicitly (``--workers``, ``--threads``; default the server's automatic CPU plan) and their
+product is reported as the cores used.
 """
 
 from __future__ import annotations
@@ -69,13 +71,13 @@ class _BatchLog:
         self.postprocess_s += float(stats.postprocess_s)
 
 
-def _run_pipeline(runtime: Any, clips: list[bytes], chunk_bytes: int, max_wait_s: float
-                  ) -> tuple[int, float, float, _BatchLog]:
+def _run_pipeline(runtime: Any, clips: list[bytes], chunk_bytes: int, max_wait_s: float,
+                  workers: int = 1) -> tuple[int, float, float, _BatchLog]:
     """All clips through one scheduler; returns (frames, wall s, cpu s, batch log)."""
     from a2f_inference.pipeline import BatchScheduler
 
     log = _BatchLog()
-    sched = BatchScheduler(runtime, max_wait_s=max_wait_s, observer=log)
+    sched = BatchScheduler(runtime, max_wait_s=max_wait_s, observer=log, workers=workers)
     sessions = [runtime.open_stream(None, None, input_rate=16000, seed=i)
                 for i in range(len(clips))]
     frames = 0
@@ -116,20 +118,42 @@ def _feeds(engine: Any, batch: int, rng: np.random.Generator) -> dict[str, np.nd
     return out
 
 
-def _run_network(engine: Any, sizes: list[int]) -> tuple[float, float]:
-    """The engine alone over the given batch sizes; returns (wall s, cpu s)."""
+def _run_network(engine: Any, sizes: list[int], workers: int = 1) -> tuple[float, float]:
+    """The engine alone over the given batch sizes, shared out to ``workers`` threads running
+    side by side as the scheduler's workers do; returns (wall s, cpu s)."""
+    import threading
+
     rng = np.random.default_rng(0)
-    cache = {b: _feeds(engine, b, rng) for b in sorted(set(sizes))}
+    # one set of inputs per worker and size: concurrent runs never share an array
+    cache = [{b: _feeds(engine, b, rng) for b in sorted(set(sizes))} for _ in range(workers)]
+    lock = threading.Lock()
+    todo = iter(sizes)
+
+    def work(feeds: dict[int, dict[str, np.ndarray]]) -> None:
+        while True:
+            with lock:
+                b = next(todo, None)
+            if b is None:
+                return
+            engine.run(feeds[b])
+
     cpu0, t0 = time.process_time(), time.perf_counter()
-    for b in sizes:
-        engine.run(cache[b])
+    if workers == 1:
+        work(cache[0])
+    else:
+        threads = [threading.Thread(target=work, args=(c,)) for c in cache]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     return time.perf_counter() - t0, time.process_time() - cpu0
 
 
 def bench_pipeline(model: Path, *, streams: int, seconds: float, threads: int,
                    max_batch: int | None, max_wait_s: float, chunk_s: float,
-                   repeat: int = 5) -> dict[str, Any]:
-    """Run the benchmark and return its figures."""
+                   repeat: int = 5, workers: int = 1) -> dict[str, Any]:
+    """Run the benchmark and return its figures (``threads``: intra-op threads of each of
+    the ``workers`` inference workers)."""
     from a2f_engine.onnxruntime_engine import OnnxRuntimeEngine
     from a2f_inference.demo import speech_like, to_pcm16
     from a2f_inference.pipeline import ModelRuntime
@@ -143,18 +167,20 @@ def bench_pipeline(model: Path, *, streams: int, seconds: float, threads: int,
         clips = [to_pcm16(speech_like(seconds, 16000, seed=i)) for i in range(streams)]
         chunk = max(2, 2 * round(chunk_s * 16000))
         logger.info("warm-up: one short stream")
-        _run_pipeline(runtime, [to_pcm16(speech_like(1.0, 16000, seed=99))], chunk, max_wait_s)
-        logger.info("pipeline: %d streams x %.1f s of audio, max batch %d, %d ORT threads, "
-                    "best of %d rounds", streams, seconds, runtime.max_batch, threads, repeat)
+        _run_pipeline(runtime, [to_pcm16(speech_like(1.0, 16000, seed=99))], chunk, max_wait_s,
+                      workers)
+        logger.info("pipeline: %d streams x %.1f s of audio, max batch %d, %d worker(s) x %d "
+                    "ORT thread(s), best of %d rounds", streams, seconds, runtime.max_batch,
+                    workers, threads, repeat)
         best: tuple[int, float, float, _BatchLog] | None = None
         net_wall = net_cpu = float("inf")
         rounds: list[float] = []
         for r in range(repeat):
-            frames, wall, cpu, blog = _run_pipeline(runtime, clips, chunk, max_wait_s)
+            frames, wall, cpu, blog = _run_pipeline(runtime, clips, chunk, max_wait_s, workers)
             logger.info("round %d: pipeline %d frames in %.2f s (%d batches, mean %.1f "
                         "windows); network alone on the same batch sizes...", r + 1, frames,
                         wall, len(blog.sizes), float(np.mean(blog.sizes)) if blog.sizes else 0.0)
-            nw, nc = _run_network(engine, blog.sizes)
+            nw, nc = _run_network(engine, blog.sizes, workers)
             logger.info("round %d: network %.2f s, ratio %.3f", r + 1, nw, nw / wall)
             rounds.append(nw / wall)
             if best is None or wall < best[1]:
@@ -165,7 +191,7 @@ def bench_pipeline(model: Path, *, streams: int, seconds: float, threads: int,
         frames, wall, cpu, blog = best
     finally:
         engine.close()
-    cores = threads
+    cores = threads * workers
     pipe_fps = frames / wall
     net_fps = frames / net_wall if net_wall > 0 else float("inf")
     return {
@@ -177,6 +203,7 @@ def bench_pipeline(model: Path, *, streams: int, seconds: float, threads: int,
         "batches": len(blog.sizes),
         "mean_batch": float(np.mean(blog.sizes)) if blog.sizes else 0.0,
         "max_batch": runtime.max_batch,
+        "workers": workers,
         "ort_intra_op_threads": threads,
         "blas_threads": _blas_threads(),
         "cores_used": cores,
@@ -206,7 +233,8 @@ def _print_report(r: dict[str, Any]) -> None:
     print(f"model {r['model']} ({r['kind']}), {r['streams']} streams x "
           f"{r['seconds_per_stream']:.1f} s, {r['frames']} frames, {r['batches']} batches "
           f"(mean {r['mean_batch']:.1f}, max {r['max_batch']})")
-    print(f"cores used: {r['cores_used']} (ONNX Runtime intra-op threads; BLAS threads "
+    print(f"cores used: {r['cores_used']} ({r['workers']} inference worker(s) x "
+          f"{r['ort_intra_op_threads']} ONNX Runtime intra-op thread(s); BLAS threads "
           f"{r['blas_threads']})")
     print(f"pipeline : {p['fps']:9.1f} frames/s  {p['fps_per_core']:9.1f} frames/s/core  "
           f"{p['frames_per_cpu_s']:9.1f} frames/cpu-s  (engine {p['engine_s']:.2f} s, "
@@ -223,14 +251,16 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         model = Path(args.model)
     else:
         model = standin_folder(args.kind, args.size)
-    threads = args.threads or os.cpu_count() or 1
+    from a2f_engine.onnxruntime_engine import cpu_plan
+
+    workers, threads = cpu_plan(args.workers, args.threads)
     if args.blas_threads > 0:
         from a2f_inference.pipeline.postprocess import limit_blas_threads
 
         limit_blas_threads(args.blas_threads)  # as the server does: see the docs
     report = bench_pipeline(model, streams=args.streams, seconds=args.seconds, threads=threads,
                             max_batch=args.max_batch, max_wait_s=args.max_wait_s,
-                            chunk_s=args.chunk_s, repeat=args.repeat)
+                            chunk_s=args.chunk_s, repeat=args.repeat, workers=workers)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -258,8 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--streams", type=int, default=8, help="concurrent streams (default 8)")
     p.add_argument("--seconds", type=float, default=10.0,
                    help="seconds of audio per stream (default 10)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="inference workers running batches side by side (default 0: the "
+                        "server's automatic plan, one per core up to 4)")
     p.add_argument("--threads", type=int, default=0,
-                   help="ONNX Runtime intra-op threads = cores used (default: all cores)")
+                   help="ONNX Runtime intra-op threads per worker (default 0: the cores "
+                        "shared out among the workers)")
     p.add_argument("--max-batch", type=int, default=None,
                    help="windows per batch (default: the model's trt_info MAX_BATCH_SIZE)")
     p.add_argument("--max-wait-s", type=float, default=0.002,

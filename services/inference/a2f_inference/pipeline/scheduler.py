@@ -1,21 +1,22 @@
 """The cross-stream batch scheduler of one model version, and an offline helper.
 
-:class:`BatchScheduler` owns one worker thread (the only thread that calls ``engine.run``).
-Sessions tell it when they may have ready windows (:meth:`BatchScheduler.submit`, called by
-the session itself); the worker gathers windows from all such streams, round-robin, into a
-batch of at most ``max_batch`` windows, waiting at most ``max_wait_s`` for more once it has
-some, stacks each input along its batch axis, runs the engine, splits the outputs, runs every
-stream's post-processing once per batch and finally calls ``on_ready(session)`` for each
+:class:`BatchScheduler` runs ``workers`` inference threads (the only threads that call
+``engine.run``). Sessions tell it when they may have ready windows
+(:meth:`BatchScheduler.submit`, called by the session itself); a free worker gathers windows
+from all such streams, round-robin, into a batch of at most ``max_batch`` windows, waiting at
+most ``max_wait_s`` for more once it has some, stacks each input along its batch axis and runs
+the engine. Several workers run batches side by side (on a CPU: one engine thread each, no
+synchronisation inside an inference). Post-processing runs once per batch, batch after batch
+in the order the batches were gathered, and finally calls ``on_ready(session)`` for each
 stream that got frames (or failed). A diffusion stream never has two windows in flight (its
 GRU state goes from one inference to the next); a regression stream may put many of its
-frames in one batch. Per-stream order is guaranteed because one thread does all of it.
+frames in one batch. Per-stream order is guaranteed: gathering is exclusive and numbers the
+batches, and post-processing follows those numbers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -44,6 +45,7 @@ class BatchStats:
     queue_wait_s: tuple[float, ...]  # per stream: from its windows being ready to the run
     inference_s: float  # engine.run wall time
     postprocess_s: float  # post-processing wall time, all streams of the batch
+    postprocess_wait_s: float = 0.0  # from the end of inference to post-processing's start
 
 
 class SchedulerObserver(Protocol):
@@ -65,13 +67,19 @@ class BatchScheduler:
     loop and gaps between batches leave room); in a process that only runs batches with ONNX
     Runtime on every core it adds contention (measured on 2 cores), hence off by default here
     and on in the server (``--postprocess overlap``).
+    ``workers``: inference threads running batches side by side; the engine must accept
+    that many concurrent ``run`` calls (ONNX Runtime sessions do; TensorRT engines use one
+    execution context per thread).
     """
 
     def __init__(self, runtime: ModelRuntime, *, max_batch: int | None = None,
                  max_wait_s: float = 0.002, on_ready: ReadyCallback | None = None,
-                 observer: SchedulerObserver | None = None, pipelined: bool = False) -> None:
+                 observer: SchedulerObserver | None = None, pipelined: bool = False,
+                 workers: int = 1) -> None:
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s {max_wait_s} must be >= 0")
+        if workers < 1:
+            raise ValueError(f"workers {workers} must be >= 1")
         self.runtime = runtime
         engine_max = int(getattr(runtime.engine, "max_batch", 0) or 0) or runtime.max_batch
         self.max_batch = (runtime.max_batch if max_batch is None
@@ -82,12 +90,23 @@ class BatchScheduler:
         self._cond = threading.Condition()
         self._queue: deque[StreamSession] = deque()
         self._queued: set[StreamSession] = set()
-        self._thread: threading.Thread | None = None
+        self.workers = int(workers)
+        self._threads: list[threading.Thread] = []
         self.pipelined = pipelined
-        # inference -> post-processing hand-over (bounded: back-pressure on the engine)
-        self._post_q: queue.Queue[_Done | None] = queue.Queue(maxsize=2)
+        # Gathering is exclusive (a stream's windows are taken in order) and numbers the
+        # batches; post-processing takes them in that order from ``_done`` (batches whose
+        # inference finished early wait there). At most ``_ahead`` batches may be gathered
+        # beyond the one post-processing waits for: back-pressure on the engine.
+        self._gather_lock = threading.Lock()
+        self._post_cond = threading.Condition()
+        self._next_seq = 0  # number of the next batch gathered
+        self._post_seq = 0  # number of the next batch to post-process
+        self._done: dict[int, _Done | None] = {}  # None: the batch failed, nothing to do
+        self._posting = False  # a worker is post-processing (inline mode)
+        self._busy = 0  # workers running a batch (inference, or inline post-processing)
+        self._ahead = self.workers + 1
         self._post_thread: threading.Thread | None = None
-        self._buffers: dict[str, np.ndarray] | None = None  # batch inputs, reused
+        self._workers_left = 0
         self._stopping = False
         self._stopped = False
         self._abort = False  # grace period over: drop what is left
@@ -97,20 +116,25 @@ class BatchScheduler:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._stopping
+        return (any(t.is_alive() for t in self._threads) and not self._stopping)
 
     def start(self) -> None:
-        """Start the worker thread (idempotent) and pick up streams already open."""
+        """Start the worker threads (idempotent) and pick up streams already open."""
         with self._cond:
-            if self._thread is not None or self._stopped:
+            if self._threads or self._stopped:
                 return
-            self._thread = threading.Thread(
-                target=self._run, name=f"a2f-batch-{self.runtime.name}", daemon=True)
+            self._workers_left = self.workers
+            self._threads = [
+                threading.Thread(target=self._run, args=(i,), daemon=True,
+                                 name=f"a2f-batch-{self.runtime.name}"
+                                 + (f"-{i}" if self.workers > 1 else ""))
+                for i in range(self.workers)]
             if self.pipelined:
                 self._post_thread = threading.Thread(
                     target=self._run_post, name=f"a2f-post-{self.runtime.name}", daemon=True)
                 self._post_thread.start()
-            self._thread.start()
+            for t in self._threads:
+                t.start()
         for s in self.runtime.sessions():
             self.submit(s)
 
@@ -125,18 +149,18 @@ class BatchScheduler:
             self._stopped = True
             self._stopping = True
             self._cond.notify_all()
-            thread = self._thread
+            threads = list(self._threads)
         deadline = time.monotonic() + max(0.0, grace_s)
-        if thread is not None:
-            thread.join(max(0.0, grace_s))
-            if thread.is_alive():
-                logger.warning("batch worker of %s still busy after %.1fs; abandoning the "
-                               "remaining work", self.runtime.name, grace_s)
-                self._abort = True
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in threads):
+            logger.warning("batch workers of %s still busy after %.1fs; abandoning the "
+                           "remaining work", self.runtime.name, grace_s)
+            self._abort = True
+            with self._post_cond:
+                self._post_cond.notify_all()
         post = self._post_thread
         if post is not None:
-            with contextlib.suppress(queue.Full):
-                self._post_q.put(None, timeout=max(0.0, deadline - time.monotonic()) + 0.1)
             post.join(max(0.0, deadline - time.monotonic()) + 0.1)
         self.runtime._detach(self)
         err = UnavailableError(f"model {self.runtime.name!r} was unloaded; reopen the stream")
@@ -152,44 +176,120 @@ class BatchScheduler:
                 return
             self._queued.add(session)
             self._queue.append(session)
-            self._cond.notify()
+            if self.workers > 1:  # the one gathering must hear it, not only an idle one
+                self._cond.notify_all()
+            else:
+                self._cond.notify()
 
     # -- worker --------------------------------------------------------------------------------
-    def _run(self) -> None:
-        logger.info("batch scheduler of %s started: max batch %d, max wait %.1f ms, %s",
-                    self.runtime.name, self.max_batch, 1000 * self.max_wait_s,
-                    "pipelined post-processing" if self.pipelined else "single thread")
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait()
-                if (not self._queue and self._stopping) or self._abort:
+    def _run(self, index: int) -> None:
+        logger.info("batch worker %d of %s started: max batch %d, max wait %.1f ms, %d "
+                    "worker(s), %s", index, self.runtime.name, self.max_batch,
+                    1000 * self.max_wait_s, self.workers,
+                    "pipelined post-processing" if self.pipelined else "inline post-processing")
+        buffers: dict[str, np.ndarray] | None = None  # this worker's batch inputs, reused
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._stopping:
+                        self._cond.wait()
+                    if (not self._queue and self._stopping) or self._abort:
+                        break
+                if not self._wait_turn():
                     break
-            items = self._gather()
-            if not items:
-                continue
-            try:
-                self._run_batch(items)
-            except Exception:  # the worker must survive; streams already failed
-                logger.exception("batch worker of %s: unexpected error", self.runtime.name)
-        logger.info("batch scheduler of %s stopped after %d batches (%d windows)",
-                    self.runtime.name, self.batches, self.windows)
+                if buffers is None:
+                    buffers = self._new_buffers()
+                with self._gather_lock:
+                    try:
+                        groups = self._gather(buffers)
+                    except Exception:  # the worker must survive
+                        logger.exception("batch worker of %s: gathering failed",
+                                         self.runtime.name)
+                        continue
+                    if not groups:
+                        continue
+                    seq = self._next_seq
+                    self._next_seq += 1
+                    with self._post_cond:
+                        self._busy += 1
+                try:
+                    try:
+                        done = self._run_batch(groups, buffers)
+                    except Exception:  # the worker must survive; streams already failed
+                        logger.exception("batch worker of %s: unexpected error",
+                                         self.runtime.name)
+                        done = None
+                    self._hand_over(seq, done)
+                finally:
+                    with self._post_cond:
+                        self._busy -= 1
+        finally:
+            with self._post_cond:
+                self._workers_left -= 1
+                last = self._workers_left == 0
+                self._post_cond.notify_all()
+            if last:
+                logger.info("batch scheduler of %s stopped after %d batches (%d windows)",
+                            self.runtime.name, self.batches, self.windows)
 
-    def _gather(self) -> list[list[WorkItem]]:
-        """Ready windows for one batch: per stream (first come first), its items in order."""
+    def _wait_turn(self) -> bool:
+        """Back-pressure: wait while too many batches wait for post-processing (False when
+        the scheduler is aborting)."""
+        with self._post_cond:
+            while self._next_seq - self._post_seq >= self._ahead and not self._abort:
+                self._post_cond.wait(0.5)
+            return not self._abort
+
+    def _hand_over(self, seq: int, done: _Done | None) -> None:
+        """A batch's inference is over: post-process it in gathering order. Inline, the
+        worker post-processes every batch that is due, its own and those other workers left
+        waiting for it; pipelined, the post-processing thread does."""
+        with self._post_cond:
+            self._done[seq] = done
+            self._post_cond.notify_all()
+            if self.pipelined or self._posting:
+                return
+            self._posting = True
+        self._drain(inline=True)
+
+    def _drain(self, inline: bool) -> None:
+        """Post-process the batches that are due, in order. ``inline``: the caller holds the
+        posting turn, given back when nothing is due (in the same critical section as that
+        check, so a batch handed over meanwhile is never left behind)."""
+        while True:
+            with self._post_cond:
+                if self._post_seq not in self._done:
+                    if inline:
+                        self._posting = False
+                    return
+                done = self._done.pop(self._post_seq)
+            try:
+                if done is not None:
+                    self._postprocess(done)
+            except Exception:  # the thread must survive; the streams already failed
+                logger.exception("post-processing of %s: unexpected error", self.runtime.name)
+            finally:
+                with self._post_cond:
+                    self._post_seq += 1
+                    self._post_cond.notify_all()
+
+    def _gather(self, buffers: dict[str, np.ndarray]) -> list[list[WorkItem]]:
+        """Ready windows for one batch: per stream (first come first), its items in order,
+        written into ``buffers`` where the inputs allow it. Under the gather lock."""
         by_session: dict[StreamSession, list[WorkItem]] = {}
         total = 0
         deadline: float | None = None
+        limit = self._batch_limit()
         while True:
-            while total < self.max_batch:
+            while total < limit:
                 with self._cond:
                     if not self._queue:
                         break
                     session = self._queue.popleft()
                     self._queued.discard(session)
                     waiting = len(self._queue)
-                share = max(1, (self.max_batch - total) // (waiting + 1))
-                item = session.take_work(share, self._buffer_views(total, share))
+                share = max(1, (limit - total) // (waiting + 1))
+                item = session.take_work(share, _views(buffers, total, share))
                 if item is None:
                     continue
                 item.batch_pos = total
@@ -197,7 +297,7 @@ class BatchScheduler:
                 by_session.setdefault(session, []).append(item)
                 if item.count == share:  # may have more: back of the queue
                     self.submit(session)
-            if total >= self.max_batch or total == 0 or self.max_wait_s <= 0:
+            if total >= limit or total == 0 or self.max_wait_s <= 0:
                 break
             if self.runtime.open_streams <= len(by_session):
                 break  # nobody else could add a window
@@ -213,29 +313,38 @@ class BatchScheduler:
                     break
         return list(by_session.values())
 
-    def _buffer_views(self, start: int, count: int) -> dict[str, np.ndarray] | None:
-        """Room for ``count`` windows at ``start`` in the reusable batch input buffer (for
-        inputs whose only dynamic axis is the leading batch axis; None otherwise)."""
-        if self._buffers is None:
-            specs = self.runtime.input_specs.values()
-            if not specs or any(batch_axis(s) != 0 or min(s.shape[1:], default=1) < 1
-                                for s in specs):
-                self._buffers = {}
-            else:
-                self._buffers = {s.name: np.zeros((self.max_batch, *s.shape[1:]), s.dtype)
-                                 for s in specs}
-        if not self._buffers:
-            return None
-        return {name: buf[start : start + count] for name, buf in self._buffers.items()}
+    def _batch_limit(self) -> int:
+        """Windows this batch may take: ``max_batch``, or when other workers are idle, an
+        even share of the windows ready now, so that the idle workers run the rest side by
+        side instead of one worker running everything while they wait (one batch of 2B
+        windows on one core takes as long as two batches of B on two)."""
+        with self._post_cond:
+            idle = self.workers - self._busy
+        if idle <= 1:
+            return self.max_batch
+        with self._cond:
+            queued = list(self._queue)
+        ready = sum(s.ready_windows() for s in queued)
+        return max(1, min(self.max_batch, -(-ready // idle)))
 
-    def _batch_feeds(self, flat: list[WorkItem]) -> dict[str, np.ndarray]:
+    def _new_buffers(self) -> dict[str, np.ndarray]:
+        """A worker's reusable batch input buffer: room for ``max_batch`` windows of every
+        input whose only dynamic axis is the leading batch axis (empty otherwise)."""
+        specs = self.runtime.input_specs.values()
+        if not specs or any(batch_axis(s) != 0 or min(s.shape[1:], default=1) < 1
+                            for s in specs):
+            return {}
+        return {s.name: np.zeros((self.max_batch, *s.shape[1:]), s.dtype) for s in specs}
+
+    def _batch_feeds(self, flat: list[WorkItem], buffers: dict[str, np.ndarray]
+                     ) -> dict[str, np.ndarray]:
         """The engine inputs of the batch: a prefix of the batch buffer when every window
         was written there in order, else the items' inputs concatenated."""
         feeds = {}
         total = sum(it.count for it in flat)
         for name, spec in self.runtime.input_specs.items():
             arrays = [it.feeds[name] for it in flat]
-            buf = self._buffers.get(name) if self._buffers else None
+            buf = buffers.get(name)
             if buf is not None and _in_order(arrays, buf):
                 feeds[name] = buf[:total]
             elif len(arrays) == 1:
@@ -244,7 +353,9 @@ class BatchScheduler:
                 feeds[name] = np.concatenate(arrays, axis=batch_axis(spec))
         return feeds
 
-    def _run_batch(self, groups: list[list[WorkItem]]) -> None:
+    def _run_batch(self, groups: list[list[WorkItem]], buffers: dict[str, np.ndarray]
+                   ) -> _Done | None:
+        """Inference of one batch; the batch for post-processing (None if it failed)."""
         runtime = self.runtime
         t_start = time.perf_counter()
         # the batch holds the windows in the order they were taken (a stream may have taken
@@ -252,7 +363,7 @@ class BatchScheduler:
         flat = sorted((it for g in groups for it in g), key=lambda it: it.batch_pos)
         items = [g[0] if len(g) == 1 else _merged(g) for g in groups]
         try:
-            feeds = self._batch_feeds(flat)
+            feeds = self._batch_feeds(flat, buffers)
             outputs = runtime.engine.run(feeds)
         except Exception as err:  # reported to every stream of the batch
             logger.exception("inference on %s failed for a batch of %d windows", runtime.name,
@@ -260,7 +371,7 @@ class BatchScheduler:
             for it in items:
                 it.session.fail(err)
                 self._ready(it.session)
-            return
+            return None
         t_inf = time.perf_counter()
         starts: dict[int, int] = {}
         offset = 0
@@ -278,28 +389,22 @@ class BatchScheduler:
                               else np.concatenate(pieces, axis=axes[name]))
             it.session.accept(it, part)
             parts.append(part)
-        self.batches += 1
-        self.windows += offset
-        done = _Done(items, parts, t_start, t_inf)
-        if self.pipelined:
-            while not self._abort:
-                try:
-                    self._post_q.put(done, timeout=0.5)
-                    break
-                except queue.Full:
-                    continue
-        else:
-            self._postprocess(done)
+        with self._post_cond:
+            self.batches += 1
+            self.windows += offset
+        return _Done(items, parts, t_start, t_inf)
 
     def _run_post(self) -> None:
+        """Pipelined post-processing: batch after batch in gathering order, until every
+        worker has stopped and nothing is left (or the scheduler aborts)."""
         while True:
-            done = self._post_q.get()
-            if done is None:
-                return
-            try:
-                self._postprocess(done)
-            except Exception:  # the thread must survive; the streams already failed
-                logger.exception("post-processing of %s: unexpected error", self.runtime.name)
+            with self._post_cond:
+                while (self._post_seq not in self._done and not self._abort
+                       and (self._workers_left > 0 or not self._threads)):
+                    self._post_cond.wait()
+                if self._post_seq not in self._done:
+                    return
+            self._drain(inline=False)
 
     def _postprocess(self, done: _Done) -> None:
         t0 = time.perf_counter()
@@ -313,7 +418,8 @@ class BatchScheduler:
                     size=sum(it.count for it in done.items), streams=len(done.items),
                     queue_wait_s=tuple(max(0.0, done.t_start - it.ready_at)
                                        for it in done.items),
-                    inference_s=done.t_inf - done.t_start, postprocess_s=t_end - t0))
+                    inference_s=done.t_inf - done.t_start, postprocess_s=t_end - t0,
+                    postprocess_wait_s=max(0.0, t0 - done.t_inf)))
             except Exception:  # metrics must not stop inference
                 logger.exception("scheduler observer failed")
 
@@ -335,6 +441,14 @@ class _Done:
     parts: list[dict[str, np.ndarray]]
     t_start: float
     t_inf: float
+
+
+def _views(buffers: dict[str, np.ndarray], start: int, count: int
+           ) -> dict[str, np.ndarray] | None:
+    """Room for ``count`` windows at ``start`` in a batch input buffer (None: no buffer)."""
+    if not buffers:
+        return None
+    return {name: buf[start : start + count] for name, buf in buffers.items()}
 
 
 def _rows(arr: np.ndarray, axis: int, start: int, count: int) -> np.ndarray:

@@ -430,6 +430,16 @@ class StreamSession:
                 return self._take_regression(max_count, out)
             return self._take_diffusion()
 
+    def ready_windows(self) -> int:
+        """Scheduler: windows :meth:`take_work` would give now (no limit)."""
+        with self._lock:
+            if self._closed or self._error is not None:
+                return 0
+            if self.diffusion_clock is not None and self._in_flight:
+                return 0
+            n = self._units_available() - self._next_unit
+            return max(0, min(n, 1) if self.diffusion_clock is not None else n)
+
     def accept(self, item: WorkItem, outputs: Mapping[str, np.ndarray]) -> None:
         """Scheduler thread, right after inference: take over the carried state (diffusion
         GRU latents) so the stream's next window can run before post-processing is done."""

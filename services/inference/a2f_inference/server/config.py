@@ -49,7 +49,12 @@ class ServerConfig:
         max_wait_s: how long the scheduler waits to fill a batch (default 0.004).
         engine_policy: ``onnx-fallback`` loads ``network.onnx`` with ONNX Runtime when no valid
             built engine exists; ``require-built`` refuses such a model (default onnx-fallback).
-        ort_threads: ONNX Runtime intra-op threads per model, 0 = runtime's choice (default 0).
+        inference_workers: batches each model runs side by side, each on its own thread
+            (ONNX Runtime: one intra-op thread pool per worker; TensorRT: one execution
+            context and CUDA stream per worker); 0 = automatic: ONNX Runtime one per core up
+            to 4, TensorRT 2 (default 0).
+        ort_threads: ONNX Runtime intra-op threads per worker, 0 = the cores shared out among
+            the workers (default 0).
         postprocess: where post-processing runs: ``overlap`` (its own thread, overlapping the
             next batch's inference) or ``inline`` (on the inference thread, between batches)
             (default overlap; see docs/server.md for the measurements).
@@ -75,6 +80,7 @@ class ServerConfig:
     max_batch: int = 0
     max_wait_s: float = 0.004
     engine_policy: str = "onnx-fallback"
+    inference_workers: int = 0
     ort_threads: int = 0
     postprocess: str = "overlap"
     hot_reload: str = "inotify"
@@ -100,6 +106,8 @@ class ServerConfig:
         need(0 <= self.max_wait_s <= 1, f"max_wait_s {self.max_wait_s}, expected 0..1")
         need(self.engine_policy in ENGINE_POLICIES,
              f"engine_policy {self.engine_policy!r}, expected one of {ENGINE_POLICIES}")
+        need(0 <= self.inference_workers <= 64,
+             f"inference_workers {self.inference_workers}, expected 0 (automatic) or 1..64")
         need(self.ort_threads >= 0, f"ort_threads {self.ort_threads}, expected >= 0")
         need(self.postprocess in POSTPROCESS_MODES,
              f"postprocess {self.postprocess!r}, expected one of {POSTPROCESS_MODES}")

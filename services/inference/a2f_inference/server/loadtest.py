@@ -66,6 +66,8 @@ class ServeBenchResult:
     library_frames_per_cpu_s: float | None = None
     served_to_library_cpu: float | None = None
     server_max_batch: int = 0
+    workers: int = 0  # inference workers of the server and the library run
+    ort_threads: int = 0  # ONNX Runtime intra-op threads per worker
     # CPU of this process while it drove the streams (the load generator shares the cores)
     client_cpu_s: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -213,14 +215,16 @@ async def drive(address: str, model: str, *, streams: int, duration_s: float, cl
 
 
 def library_throughput(folder: Path, *, streams: int, clip_s: float, chunk_s: float,
-                       max_batch: int, max_wait_s: float) -> tuple[float, float] | None:
+                       max_batch: int, max_wait_s: float, workers: int, threads: int
+                       ) -> tuple[float, float] | None:
     """Frames/s of the pipeline library alone on the same model, no gRPC (``a2f-bench
-    pipeline``'s measurement, same streams and audio length), or None if it failed."""
+    pipeline``'s measurement, same streams, audio length, inference workers and threads as
+    the server), or None if it failed."""
     from a2f_inference.bench import bench_pipeline
 
     try:
-        r = bench_pipeline(folder, streams=streams, seconds=clip_s,
-                           threads=os.cpu_count() or 1, max_batch=max_batch or None,
+        r = bench_pipeline(folder, streams=streams, seconds=clip_s, threads=threads,
+                           workers=workers, max_batch=max_batch or None,
                            max_wait_s=max_wait_s, chunk_s=chunk_s)
         p = r["pipeline"]
         return float(p["fps"]), float(r["frames"]) / max(1e-9, float(p["cpu_s"]))
@@ -235,8 +239,12 @@ def run_serve_bench(args: argparse.Namespace) -> ServeBenchResult:
     root = work / f"serve-models-{args.kind}-{args.size}"
     folder = ensure_standin(args.kind, args.size, root)
     name = folder.name
+    from a2f_engine.onnxruntime_engine import cpu_plan
+
+    workers, threads = cpu_plan(args.workers, args.threads)
     extra = ["--max-streams", str(max(args.streams + 8, 64)), "--engine-policy",
-             "onnx-fallback", "--max-wait-s", str(args.max_wait_s)]
+             "onnx-fallback", "--max-wait-s", str(args.max_wait_s), "--inference-workers",
+             str(workers), "--ort-threads", str(threads)]
     if args.max_batch:
         extra += ["--max-batch", str(args.max_batch)]
     server = ServerSubprocess(root, name, extra, log_path=work / "server.log")
@@ -258,11 +266,13 @@ def run_serve_bench(args: argparse.Namespace) -> ServeBenchResult:
     finally:
         server.stop()
     res.kind, res.size = args.kind, args.size
+    res.workers, res.ort_threads = workers, threads
     if not args.no_library:
         log.info("measuring the pipeline library alone on the same model")
         lib = library_throughput(
             folder, streams=args.streams, clip_s=args.clip_s, chunk_s=args.chunk_s,
-            max_batch=res.server_max_batch, max_wait_s=args.max_wait_s)
+            max_batch=res.server_max_batch, max_wait_s=args.max_wait_s, workers=workers,
+            threads=threads)
         if lib is not None:
             res.library_frames_per_s, res.library_frames_per_cpu_s = lib
             res.served_to_library = res.frames_per_s / res.library_frames_per_s
@@ -281,6 +291,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-s", type=float, default=5.0, help="seconds of audio per stream")
     p.add_argument("--chunk-s", type=float, default=0.1, help="seconds of audio per message")
     p.add_argument("--max-batch", type=int, default=0, help="server max batch (0 = model's)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="inference workers of the server and the library run (default 0: "
+                   "the server's automatic plan)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="ONNX Runtime intra-op threads per worker (default 0: automatic)")
     p.add_argument("--max-wait-s", type=float, default=0.002,
                    help="batch fill wait of the server and the library run (default 0.002)")
     p.add_argument("--realtime-threshold-s", type=float, default=0.1,
@@ -306,7 +321,8 @@ def report(res: ServeBenchResult, as_json: bool) -> str:
            and res.served_to_library_cpu else "not measured")
     lines = [
         f"a2f-bench serve: {res.size} {res.kind}, {res.streams} streams, {res.mode}, "
-        f"{res.duration_s:g}s, clips {res.clip_s:g}s in {res.chunk_s:g}s chunks",
+        f"{res.duration_s:g}s, clips {res.clip_s:g}s in {res.chunk_s:g}s chunks; "
+        f"{res.workers} inference worker(s) x {res.ort_threads} ONNX Runtime thread(s)",
         f"  streams: {res.started} started, {res.completed} completed, {res.errors} errors "
         f"{res.error_codes or ''}".rstrip(),
         f"  served: {res.frames} frames in {res.wall_s:.1f}s = {res.frames_per_s:.0f} frames/s; "

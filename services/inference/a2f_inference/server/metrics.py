@@ -44,6 +44,14 @@ class InferenceMetrics:
         self.inference_time = Histogram(
             "inference_seconds", "Engine time per batch.", ["model"], namespace=ns,
             buckets=_LATENCY_BUCKETS, registry=reg)
+        self.postprocess_time = Histogram(
+            "postprocess_seconds", "Post-processing time per batch (all its streams).",
+            ["model"], namespace=ns, buckets=_LATENCY_BUCKETS, registry=reg)
+        self.postprocess_wait = Histogram(
+            "postprocess_wait_seconds",
+            "Time a batch waited after its inference for its turn in post-processing "
+            "(batches are post-processed in the order they were gathered).",
+            ["model"], namespace=ns, buckets=_LATENCY_BUCKETS, registry=reg)
         self.frame_latency = Histogram(
             "frame_latency_seconds",
             "From the arrival of the audio a frame needs to the frame leaving the server.",
@@ -74,6 +82,8 @@ class InferenceMetrics:
         self.batch_size.labels(model)
         self.queue_wait.labels(model)
         self.inference_time.labels(model)
+        self.postprocess_time.labels(model)
+        self.postprocess_wait.labels(model)
         self.frame_latency.labels(model)
         for r in LOAD_RESULTS:
             self.model_loads.labels(model, r)

@@ -89,6 +89,21 @@ class EngineChoice:
     backend: str
     fingerprint: str
     source: str
+    workers: int = 1  # batches run side by side
+
+
+#: Automatic inference workers with TensorRT: one batch's copies and post-processing overlap
+#: the other's GPU work.
+TENSORRT_AUTO_WORKERS = 2
+
+
+def worker_plan(backend: str, config: ServerConfig) -> tuple[int, int]:
+    """``(inference workers, ONNX Runtime intra-op threads per worker)`` for ``backend``."""
+    if backend == layout.BACKEND_TENSORRT:
+        return config.inference_workers or TENSORRT_AUTO_WORKERS, 0
+    from a2f_engine.onnxruntime_engine import cpu_plan
+
+    return cpu_plan(config.inference_workers, config.ort_threads)
 
 
 def _built_engine(folder: Path, config: ServerConfig, max_batch: int,
@@ -121,14 +136,14 @@ def _built_engine(folder: Path, config: ServerConfig, max_batch: int,
         if check.record is None:
             reasons.append(f"{backend}: {check.reason}")
             continue
+        workers, threads = worker_plan(backend, config)
         try:
-            engine = load_engine(paths, backend, max_batch=max_batch,
-                                 intra_op_threads=config.ort_threads)
+            engine = load_engine(paths, backend, max_batch=max_batch, intra_op_threads=threads)
         except (A2FError, OSError, RuntimeError) as err:
             reasons.append(f"{backend}: cannot load: {err}")
             continue
         return EngineChoice(engine, backend, "sha256:" + check.record.engine_sha256,
-                            str(paths.engine(backend)))
+                            str(paths.engine(backend)), workers)
     return None
 
 
@@ -148,8 +163,10 @@ def load_engine_for(folder: Path, config: ServerConfig, max_batch: int) -> Engin
     from a2f_engine.onnxruntime_engine import OnnxRuntimeEngine
 
     onnx = folder / layout.ONNX_NAME
-    engine = OnnxRuntimeEngine(onnx, max_batch=max_batch, intra_op_threads=config.ort_threads)
-    return EngineChoice(engine, engine.backend, "sha256:" + sha256_file(onnx), str(onnx))
+    workers, threads = worker_plan(layout.BACKEND_ONNXRUNTIME, config)
+    engine = OnnxRuntimeEngine(onnx, max_batch=max_batch, intra_op_threads=threads)
+    return EngineChoice(engine, engine.backend, "sha256:" + sha256_file(onnx), str(onnx),
+                        workers)
 
 
 @dataclass
@@ -200,18 +217,23 @@ class LoadedModel:
 
 
 class _BatchMetrics:
-    """Scheduler observer: batch size, queue wait and inference time of one model."""
+    """Scheduler observer: batch size, queue wait, inference and post-processing time of one
+    model."""
 
     def __init__(self, metrics: InferenceMetrics, model: str) -> None:
         self._size = metrics.batch_size.labels(model)
         self._wait = metrics.queue_wait.labels(model)
         self._infer = metrics.inference_time.labels(model)
+        self._post = metrics.postprocess_time.labels(model)
+        self._post_wait = metrics.postprocess_wait.labels(model)
 
     def on_batch(self, stats: Any) -> None:
         self._size.observe(stats.size)
         for w in stats.queue_wait_s:
             self._wait.observe(w)
         self._infer.observe(stats.inference_s)
+        self._post.observe(stats.postprocess_s)
+        self._post_wait.observe(stats.postprocess_wait_s)
 
 
 def _warm_up(runtime: Any) -> None:
@@ -256,7 +278,7 @@ def load_model(folder: Path, config: ServerConfig,
         scheduler = BatchScheduler(
             runtime, max_batch=max_batch, max_wait_s=config.max_wait_s, on_ready=ready,
             observer=_BatchMetrics(metrics, name) if metrics is not None else None,
-            pipelined=config.postprocess == "overlap")
+            pipelined=config.postprocess == "overlap", workers=choice.workers)
         lm = LoadedModel(name=name, folder=folder, version=version, kind=kind,
                          identities=identities, backend=choice.backend,
                          fingerprint=choice.fingerprint, runtime=runtime, scheduler=scheduler,
@@ -268,9 +290,10 @@ def load_model(folder: Path, config: ServerConfig,
     except BaseException:
         choice.engine.close()
         raise
-    log.info("model %s version %s loaded: %s, %s engine %s, max batch %d, identities %s "
-             "(%.1fs)", name, version, kind, choice.backend, choice.fingerprint[:19], max_batch,
-             list(identities) or "-", time.perf_counter() - t0)
+    log.info("model %s version %s loaded: %s, %s engine %s, max batch %d, %d inference "
+             "worker(s), identities %s (%.1fs)", name, version, kind, choice.backend,
+             choice.fingerprint[:19], max_batch, choice.workers, list(identities) or "-",
+             time.perf_counter() - t0)
     return lm
 
 
