@@ -282,17 +282,23 @@ class AudioStreamCall:
                 raise self._reader_error
             session = self.session
             frames = session.take_frames()
-            for f in frames:
-                msg = Response()
-                data = msg.animation_data
-                bw = data.skel_animation.blend_shape_weights.add()
-                bw.time_code = f.time_code_s
-                bw.values.extend(_floats(f.weights))
-                data.audio.time_code = f.time_code_s
-                data.audio.audio_buffer = bytes(f.audio)
-                yield msg
-                frames_sent.inc()
-                latency.observe(time.perf_counter() - self._needed_at(f.time_code_s))
+            sent = 0
+            try:
+                for f in frames:
+                    t = f.time_code_s
+                    msg = Response()
+                    data = msg.animation_data
+                    bw = data.skel_animation.blend_shape_weights.add()
+                    bw.time_code = t
+                    bw.values.extend(_floats(f.weights))
+                    data.audio.time_code = t
+                    data.audio.audio_buffer = bytes(f.audio)
+                    yield msg
+                    sent += 1
+                    latency.observe(time.perf_counter() - self._needed_at(t))
+            finally:
+                if sent:
+                    frames_sent.inc(sent)
             error = getattr(session, "error", None)
             if error is not None:
                 raise error
