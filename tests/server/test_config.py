@@ -37,8 +37,35 @@ def test_flag_wins_over_env_var() -> None:
     ({"A2F_INFERENCE_PORT": "x"}, "A2F_INFERENCE_PORT"),
     ({"A2F_INFERENCE_MAX_STREAMS": "0"}, "max_streams 0, expected >= 1"),
     ({"A2F_INFERENCE_ENGINE_POLICY": "maybe"}, "require-built"),
+    ({"A2F_INFERENCE_INFERENCE_WORKERS": "-1"}, "inference_workers -1, expected 0"),
 ])
 def test_bad_setting_names_the_setting_and_what_is_allowed(env: dict[str, str],
                                                            needle: str) -> None:
     with pytest.raises(InvalidArgumentError, match=needle):
         ServerConfig.from_env(env)
+
+
+@pytest.mark.parametrize(("workers", "threads", "cores", "plan"), [
+    (0, 0, 1, (1, 1)),
+    (0, 0, 2, (2, 1)),  # the 2-core machine: batches side by side, one thread each
+    (0, 0, 16, (4, 4)),  # at most 4 automatic workers; the cores shared out as threads
+    (0, 2, 8, (4, 2)),  # threads given: as many workers as fit
+    (3, 0, 8, (3, 2)),  # workers given: the cores shared out
+    (2, 3, 2, (2, 3)),  # both given: taken as they are
+])
+def test_cpu_plan_of_workers_and_threads(workers: int, threads: int, cores: int,
+                                         plan: tuple[int, int]) -> None:
+    from a2f_engine.onnxruntime_engine import cpu_plan
+
+    assert cpu_plan(workers, threads, cores) == plan
+
+
+def test_worker_plan_by_backend() -> None:
+    from a2f_inference.server.registry import TENSORRT_AUTO_WORKERS, worker_plan
+
+    auto = ServerConfig.from_env({})
+    assert worker_plan("tensorrt", auto) == (TENSORRT_AUTO_WORKERS, 0)
+    set3 = ServerConfig.from_env({"A2F_INFERENCE_INFERENCE_WORKERS": "3",
+                                  "A2F_INFERENCE_ORT_THREADS": "1"})
+    assert worker_plan("tensorrt", set3) == (3, 0)
+    assert worker_plan("onnxruntime", set3) == (3, 1)
