@@ -22,12 +22,21 @@ def _spec(arg: ort.NodeArg) -> TensorSpec:
 AUTO_MAX_WORKERS = 4
 
 
-def usable_cores() -> int:
-    """CPUs this process may run on (its affinity mask, as a container's cpuset sets it)."""
+def usable_cores(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPUs this process may use: its affinity mask (a container's cpuset), capped by a
+    cgroup v2 CPU quota (a Kubernetes CPU limit), rounded up."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        n = max(1, os.cpu_count() or 1)
+    try:
+        with open(cgroup_cpu_max) as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max" and int(period) > 0:
+            n = min(n, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
 
 
 def cpu_plan(workers: int = 0, threads: int = 0, cores: int | None = None) -> tuple[int, int]:

@@ -69,3 +69,18 @@ def test_worker_plan_by_backend() -> None:
                                   "A2F_INFERENCE_ORT_THREADS": "1"})
     assert worker_plan("tensorrt", set3) == (3, 0)
     assert worker_plan("onnxruntime", set3) == (3, 1)
+
+
+@pytest.mark.parametrize(("cpu_max", "cap"), [("max 100000\n", None), ("150000 100000\n", 2),
+                                              ("50000 100000\n", 1), ("garbage\n", None)])
+def test_usable_cores_honours_a_cgroup_cpu_limit(tmp_path: Path, cpu_max: str,
+                                                 cap: int | None) -> None:
+    import os
+
+    from a2f_engine.onnxruntime_engine import usable_cores
+
+    f = tmp_path / "cpu.max"
+    f.write_text(cpu_max)
+    mask = len(os.sched_getaffinity(0))
+    assert usable_cores(str(f)) == (mask if cap is None else min(mask, cap))
+    assert usable_cores(str(tmp_path / "missing")) == mask
