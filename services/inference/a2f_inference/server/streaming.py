@@ -163,7 +163,9 @@ class AudioStreamCall:
     async def _next(self, requests: AsyncIterator[messages_pb2.AudioWithEmotionStream]
                     ) -> messages_pb2.AudioWithEmotionStream | None:
         try:
-            return await asyncio.wait_for(anext(requests), self.config.idle_timeout_s)
+            # asyncio.timeout rather than wait_for: no task per message
+            async with asyncio.timeout(self.config.idle_timeout_s):
+                return await anext(requests)
         except StopAsyncIteration:
             return None
         except TimeoutError as err:
