@@ -310,7 +310,11 @@ class FreeSetCache:
         if hit is None:
             fi = np.flatnonzero(free)
             hit = (fi, np.linalg.inv(self.m[np.ix_(fi, fi)]))
-            _bounded_put(self._entries, key, hit, self.max_entries)
+            if len(self._entries) >= self.max_entries:
+                # another thread may evict concurrently
+                with contextlib.suppress(StopIteration, KeyError, RuntimeError):
+                    del self._entries[next(iter(self._entries))]
+            self._entries[key] = hit
         return hit
 
     def keys(self, free: np.ndarray) -> list[Hashable]:
@@ -349,7 +353,6 @@ class BlockFreeSets:
         self.caches = tuple(caches)
         ends = np.cumsum([c.n for c in self.caches]).tolist()
         self.bounds = list(zip([0, *ends[:-1]], ends, strict=True))
-        self.n = int(ends[-1]) if ends else 0
         self.scale = max((c.scale for c in self.caches), default=1.0)
 
     def apply(self, free: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -357,14 +360,6 @@ class BlockFreeSets:
         for c, (lo, hi) in zip(self.caches, self.bounds, strict=True):
             out[:, lo:hi] = c.apply(free[:, lo:hi], b[:, lo:hi])
         return out
-
-
-def _bounded_put(d: dict[bytes, Any], key: bytes, value: Any, max_entries: int) -> None:
-    if len(d) >= max_entries:
-        # another thread may evict concurrently
-        with contextlib.suppress(StopIteration, KeyError, RuntimeError):
-            del d[next(iter(d))]
-    d[key] = value
 
 
 def solve_box_qp(
