@@ -105,7 +105,8 @@ class AudioStreamCall:
                 # reports INTERNAL then, grpc/grpc#36066). Bounded, so a silent client
                 # cannot hold the call.
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(anext(requests), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await anext(requests)
                 raise
             self.metrics.active_streams.labels(self.model.name).inc()
             await context.send_initial_metadata(((VERSION_METADATA, self.model.version),))
