@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -121,8 +122,6 @@ def _feeds(engine: Any, batch: int, rng: np.random.Generator) -> dict[str, np.nd
 def _run_network(engine: Any, sizes: list[int], workers: int = 1) -> tuple[float, float]:
     """The engine alone over the given batch sizes, shared out to ``workers`` threads running
     side by side as the scheduler's workers do; returns (wall s, cpu s)."""
-    import threading
-
     rng = np.random.default_rng(0)
     # one set of inputs per worker and size: concurrent runs never share an array
     cache = [{b: _feeds(engine, b, rng) for b in sorted(set(sizes))} for _ in range(workers)]
@@ -138,14 +137,11 @@ def _run_network(engine: Any, sizes: list[int], workers: int = 1) -> tuple[float
             engine.run(feeds[b])
 
     cpu0, t0 = time.process_time(), time.perf_counter()
-    if workers == 1:
-        work(cache[0])
-    else:
-        threads = [threading.Thread(target=work, args=(c,)) for c in cache]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+    threads = [threading.Thread(target=work, args=(c,)) for c in cache]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     return time.perf_counter() - t0, time.process_time() - cpu0
 
 
