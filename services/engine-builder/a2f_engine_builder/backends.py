@@ -126,7 +126,8 @@ class TensorRTBackend:
     def load(self, engine: Path, folder: Path) -> Engine:
         from a2f_engine.tensorrt_engine import TensorRTEngine
 
-        return TensorRTEngine(engine)
+        return TensorRTEngine(engine,
+                              version_compatible=load_trt_info(folder).version_compatible)
 
     def opt_shapes(self, folder: Path) -> dict[str, tuple[int, ...]]:
         return _opt_shapes(folder)

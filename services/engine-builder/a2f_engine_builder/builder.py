@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from a2f_engine.errors import EngineBuildError, EngineLoadError
-from a2f_engine.targets import Target
+from a2f_engine.targets import Target, target_precision
 from a2f_engine.verify import verify_engine
 from a2f_engine_builder.backends import BuildBackend
 from a2f_engine_builder.metrics import BuilderMetrics
@@ -330,7 +330,7 @@ class EngineBuilder:
             try:
                 with _progress(f"{name}: verification"):
                     verification = verify_engine(
-                        engine, paths.onnx, self.precision,
+                        engine, paths.onnx, target_precision(target),
                         opt_shapes=self.backend.opt_shapes(paths.folder))
             finally:
                 engine.close()
