@@ -398,7 +398,8 @@ class FakeContext:
             return False
         shape = tuple(int(d) for d in shape)
         lo, _, hi = t.profile
-        if len(shape) != len(lo) or not all(a <= b <= c for a, b, c in zip(lo, shape, hi, strict=True)):
+        if len(shape) != len(lo) or not all(
+                a <= b <= c for a, b, c in zip(lo, shape, hi, strict=True)):
             return False
         self.shapes[name] = shape
         return True
