@@ -264,8 +264,13 @@ class TensorRTEngine:
                     raise EngineClosedError(f"TensorRT engine {self.path} is closed")
                 if self._free:
                     ctx = self._free.pop()
+                    try:
+                        resident = self._bind_resident(ctx)
+                    except BaseException:
+                        self._free.append(ctx)
+                        raise
                     self._busy += 1
-                    return ctx, self._bind_resident(ctx)
+                    return ctx, resident
                 if len(self._contexts) + self._creating < self._max_contexts:
                     self._creating += 1
                     break
@@ -295,7 +300,13 @@ class TensorRTEngine:
         with self._cond:
             logger.info("TensorRT engine %s: execution context %d of at most %d", self.path,
                         len(self._contexts), self._max_contexts)
-            return ctx, self._bind_resident(ctx)
+            try:
+                return ctx, self._bind_resident(ctx)
+            except BaseException:
+                self._busy -= 1
+                self._free.append(ctx)
+                self._cond.notify_all()
+                raise
 
     def _bind_resident(self, ctx: _Context) -> dict[str, _Resident]:
         """Under the lock: point ``ctx`` at the current resident buffers (once per change)."""
