@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from a2f_engine.targets import choose_backend
 from a2f_engine_builder.backends import make_backend
 from a2f_engine_builder.builder import EngineBuilder
-from a2f_engine_builder.config import BACKEND_CHOICES, BuilderConfig
+from a2f_engine_builder.config import BACKEND_CHOICES, PRECISION_CHOICES, BuilderConfig
 from a2f_engine_builder.metrics import BuilderMetrics
 from a2f_engine_builder.watcher import BuildDaemon
 from a2f_volume.hashing import HashCache
@@ -42,7 +42,7 @@ def parse_args(argv: Sequence[str] | None, base: BuilderConfig) -> BuilderConfig
                    help=f"build what is needed, then exit (env {env('once')})")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default=base.backend,
                    help=f"engine backend (env {env('backend')}; default %(default)s)")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default=base.precision,
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default=base.precision,
                    help=f"TensorRT precision (env {env('precision')}; default %(default)s)")
     p.add_argument("--skip-build", action=argparse.BooleanOptionalAction,
                    default=base.skip_build, help="build nothing, only report (env SKIP_TRT_BUILD)")
