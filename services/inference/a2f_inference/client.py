@@ -25,7 +25,7 @@ from pathlib import Path
 import grpc
 
 from a2f_inference.audio import WavFormatError, read_wav, write_wav
-from a2f_inference.proto_gen.nvidia_ace import audio_pb2, status_pb2
+from a2f_inference.proto_gen.nvidia_ace import animation_pb2, audio_pb2, status_pb2
 from a2f_inference.proto_gen.nvidia_audio2face_3d import audio2face_pb2_grpc, messages_pb2
 from a2f_inference.protocol import IDENTITY_METADATA, MODEL_METADATA, VERSION_METADATA
 
@@ -85,6 +85,36 @@ class StreamResult:
     def fps(self) -> float:
         wall = self.ended_s - self.started_s
         return len(self.time_codes) / wall if wall > 0 else 0.0
+
+    def add(self, msg: messages_pb2.A2F3DAnimationDataStream, *, keep_data: bool = True) -> str:
+        """Record one response message; returns its part name (``""`` when none is set).
+        ``keep_data=False`` keeps only time codes and arrival times of the frames."""
+        part = msg.WhichOneof("stream_part") or ""
+        self.order.append(part)
+        if part == "animation_data_stream_header":
+            h = msg.animation_data_stream_header
+            self.blend_shapes = list(h.skel_animation_header.blend_shapes)
+            self.header_audio_rate = h.audio_header.samples_per_second
+        elif part == "animation_data":
+            self._add_animation(msg.animation_data, keep_data)
+        elif part == "event":
+            self.end_event = True
+        elif part == "status":
+            self.status_code = msg.status.code
+            self.status_message = msg.status.message
+        return part
+
+    def _add_animation(self, data: animation_pb2.AnimationData, keep_data: bool) -> None:
+        now = time.perf_counter()
+        for bw in data.skel_animation.blend_shape_weights:
+            self.time_codes.append(bw.time_code)
+            self.frame_arrival_s.append(now)
+            if keep_data:
+                self.weights.append(list(bw.values))
+        if keep_data and data.HasField("audio"):
+            self.audio_time_codes.append(data.audio.time_code)
+            self.audio_sizes.append(len(data.audio.audio_buffer))
+            self.audio.extend(data.audio.audio_buffer)
 
 
 def build_requests(pcm: bytes, rate: int, *, emotions: Sequence[EmotionKey] = (),
@@ -169,32 +199,11 @@ async def stream_audio(
             if key == VERSION_METADATA:
                 result.model_version = str(value)
         async for msg in call:
-            part = msg.WhichOneof("stream_part")
-            result.order.append(part or "")
+            part = result.add(msg, keep_data=keep_data)
             if part == "animation_data_stream_header":
                 answered.set()  # the header was accepted (an error ends the call instead)
-                h = msg.animation_data_stream_header
-                result.blend_shapes = list(h.skel_animation_header.blend_shapes)
-                result.header_audio_rate = h.audio_header.samples_per_second
-            elif part == "animation_data":
-                now = time.perf_counter()
-                data = msg.animation_data
-                for bw in data.skel_animation.blend_shape_weights:
-                    result.time_codes.append(bw.time_code)
-                    result.frame_arrival_s.append(now)
-                    if keep_data:
-                        result.weights.append(list(bw.values))
-                if keep_data and data.HasField("audio"):
-                    result.audio_time_codes.append(data.audio.time_code)
-                    result.audio_sizes.append(len(data.audio.audio_buffer))
-                    result.audio.extend(data.audio.audio_buffer)
-                if on_frame is not None:
-                    on_frame(result)
-            elif part == "event":
-                result.end_event = True
-            elif part == "status":
-                result.status_code = msg.status.code
-                result.status_message = msg.status.message
+            elif part == "animation_data" and on_frame is not None:
+                on_frame(result)
         result.grpc_code = await call.code()
         result.grpc_details = await call.details() or ""
     except grpc.aio.AioRpcError as err:
