@@ -28,6 +28,7 @@ from a2f_volume.errors import InvalidArgumentError
 
 T = TypeVar("T")
 
+_WORDS: dict[Any, str] = {int: "an integer", float: "a number", str: "a string"}
 TRUE_WORDS = ("1", "true", "yes", "on", "y")
 FALSE_WORDS = ("0", "false", "no", "off", "n")
 
@@ -75,7 +76,7 @@ def describe(tp: Any) -> str:
         return "a boolean"
     if isinstance(tp, type) and issubclass(tp, PurePath):
         return "a path"
-    return f"a {getattr(tp, '__name__', tp)}"
+    return _WORDS.get(tp, f"a {getattr(tp, '__name__', tp)}")
 
 
 def cast(raw: str, tp: Any) -> Any:
