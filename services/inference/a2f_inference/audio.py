@@ -1,4 +1,4 @@
-"""Audio helpers shared by the client, the demo, the server's warm-up and the benchmarks.
+"""Audio helpers: one WAV rule and one synthetic voice for every caller of the package.
 
 One WAV rule: :func:`read_wav` accepts 16-bit mono PCM only (the wire format the service
 takes, ``channel_count`` 1, 16 bits) and refuses anything else with :class:`WavFormatError`,
