@@ -19,7 +19,7 @@ import dataclasses
 import os
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
@@ -157,27 +157,25 @@ class EnvLoader:
         return cls(**values)
 
     def add_flags(self, parser: argparse.ArgumentParser, cls: type,
-                  skip: Sequence[str] = ()) -> None:
+                  helps: Mapping[str, str] | None = None) -> None:
         """One ``--field-name`` flag per field (default None: unset flags fall back to the
-        environment, then the field's default), converted by the field's type."""
+        environment, then the field's default), converted by the field's type; ``helps``
+        gives a field's help text (the variables it is read from are appended)."""
         for name, tp in field_types(cls).items():
-            if name in skip:
-                continue
             flag = "--" + name.replace("_", "-")
-            env_help = " or ".join(self.env_names(name))
+            env_help = "env " + " or ".join(self.env_names(name))
+            text = f"{helps[name]} ({env_help})" if helps and name in helps else env_help
             inner = _optional_inner(tp)
             base = tp if inner is None else inner
             if base is bool:
                 parser.add_argument(flag, dest=name, default=None,
-                                    action=argparse.BooleanOptionalAction,
-                                    help=f"env {env_help}")
+                                    action=argparse.BooleanOptionalAction, help=text)
             elif get_origin(base) is Literal:
                 parser.add_argument(flag, dest=name, default=None,
-                                    choices=[str(a) for a in get_args(base)],
-                                    help=f"env {env_help}")
+                                    choices=[str(a) for a in get_args(base)], help=text)
             else:
                 parser.add_argument(flag, dest=name, default=None, type=_flag_type(base),
-                                    help=f"env {env_help}")
+                                    help=text)
 
 
 def _flag_type(tp: Any) -> Callable[[str], Any]:

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from a2f_config import EnvLoader
 from a2f_engine.targets import PRECISIONS
@@ -95,11 +95,13 @@ class BuilderConfig:
         return ENV.env_name(field_name)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> BuilderConfig:
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> BuilderConfig:
         """Defaults overridden by ``A2F_ENGINE_BUILDER_<FIELD>`` variables and the seed's
-        ``A2F_MODEL_DATA_PATH``, ``SKIP_TRT_BUILD`` and ``FORCE_TRT_REBUILD``."""
+        ``A2F_MODEL_DATA_PATH``, ``SKIP_TRT_BUILD`` and ``FORCE_TRT_REBUILD``, then by
+        ``overrides`` (typed flags; None = not given)."""
         env = os.environ if env is None else env
         values = ENV.read(cls, env)
         for name, var in SEED_FLAGS.items():
             values.setdefault(name, env_flag(env.get(var)))
+        values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
