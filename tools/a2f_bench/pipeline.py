@@ -23,9 +23,10 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 from a2f_bench.standins import standin_folder
+from a2f_engine.base import Engine
 from a2f_engine.onnxruntime_engine import OnnxRuntimeEngine, cpu_plan
 from a2f_inference.audio import speech_like, to_pcm16
-from a2f_inference.pipeline import BatchScheduler, ModelRuntime
+from a2f_inference.pipeline import BatchScheduler, BatchStats, ModelRuntime
 from a2f_inference.pipeline.postprocess import limit_blas_threads
 from a2f_inference.pipeline.runtime import batch_axis
 from a2f_volume.model_folder import load_model_folder
@@ -41,13 +42,13 @@ class _BatchLog:
         self.inference_s = 0.0
         self.postprocess_s = 0.0
 
-    def on_batch(self, stats: Any) -> None:
+    def on_batch(self, stats: BatchStats) -> None:
         self.sizes.append(int(stats.size))
         self.inference_s += float(stats.inference_s)
         self.postprocess_s += float(stats.postprocess_s)
 
 
-def _run_pipeline(runtime: Any, clips: list[bytes], chunk_bytes: int, max_wait_s: float,
+def _run_pipeline(runtime: ModelRuntime, clips: list[bytes], chunk_bytes: int, max_wait_s: float,
                   workers: int = 1) -> tuple[int, float, float, _BatchLog]:
     """All clips through one scheduler; returns (frames, wall s, cpu s, batch log)."""
     log = _BatchLog()
@@ -81,7 +82,7 @@ def _run_pipeline(runtime: Any, clips: list[bytes], chunk_bytes: int, max_wait_s
     return frames, wall, cpu, log
 
 
-def _feeds(engine: Any, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _feeds(engine: Engine, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     out = {}
     for spec in engine.inputs:
         shape = list(spec.shape)
@@ -90,7 +91,7 @@ def _feeds(engine: Any, batch: int, rng: np.random.Generator) -> dict[str, np.nd
     return out
 
 
-def _run_network(engine: Any, sizes: list[int], workers: int = 1) -> tuple[float, float]:
+def _run_network(engine: Engine, sizes: list[int], workers: int = 1) -> tuple[float, float]:
     """The engine alone over the given batch sizes, shared out to ``workers`` threads running
     side by side as the scheduler's workers do; returns (wall s, cpu s)."""
     rng = np.random.default_rng(0)

@@ -9,6 +9,7 @@ seed's ``A2F_MODEL_DATA_PATH``, ``SKIP_TRT_BUILD`` and ``FORCE_TRT_REBUILD`` kee
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
@@ -65,10 +66,16 @@ def parse_args(argv: Sequence[str] | None,
                environ: Mapping[str, str] | None = None) -> BuilderConfig:
     """The settings: defaults, then the environment, then the flags given.
 
-    Raises ValueError (``ConfigError``) naming a bad setting and what is allowed.
+    A bad environment variable raises ValueError (``ConfigError``) naming it and what is
+    allowed; a bad flag value is a usage error (exit 2 with the message).
     """
-    args = build_parser().parse_args(argv)
-    return BuilderConfig.from_env(environ, **vars(args))
+    base = BuilderConfig.from_env(environ)
+    parser = build_parser()
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    try:
+        return dataclasses.replace(base, **given)
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def run_once(builder: EngineBuilder, skip: bool, force: bool) -> int:
