@@ -31,8 +31,9 @@ def read_wav(path: str | os.PathLike[str]) -> tuple[bytes, int]:
             if channels != 1 or width != 2:
                 raise WavFormatError(f"{path}: {channels} channel(s), {8 * width}-bit; {WAV_RULE}")
             return w.readframes(w.getnframes()), rate
-    except wave.Error as err:
-        raise WavFormatError(f"{path}: not a PCM WAV file ({err}); {WAV_RULE}") from err
+    except (wave.Error, EOFError) as err:
+        detail = str(err) or "the file ends early"
+        raise WavFormatError(f"{path}: not a PCM WAV file ({detail}); {WAV_RULE}") from err
 
 
 def write_wav(path: str | os.PathLike[str], pcm: bytes, rate: int) -> None:
