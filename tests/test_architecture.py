@@ -13,8 +13,8 @@ top-level package, so a failure names the package it is in.
   project module; and ``obj._x`` where ``obj`` is not ``self``, ``cls`` or ``super()`` and
   ``_x`` is not defined in the accessing module itself (a module may use the private
   attributes of its own classes). Dunder names and ``_`` are not private. Attributes of
-  other libraries' modules (``os._exit``) and namedtuple's API (``_replace``, ``_asdict``,
-  ``_fields``, ``_make``) are not checked.
+  other libraries' modules (``os._exit``), of generated protobuf modules and namedtuple's
+  API (``_replace``, ``_asdict``, ``_fields``, ``_make``) are not checked. No other exception.
 - Layers: no product package (``lib/``, ``services/``) imports a tool package (``tools/``),
   ``lib/`` imports no service, and no service imports another service.
 - No file over 500 lines.
@@ -213,8 +213,8 @@ def _module_aliases(mod: Module) -> tuple[dict[str, str], set[str]]:
                 bound = alias.asname or alias.name
                 if f"{target}.{alias.name}" in MODULES:
                     project[bound] = f"{target}.{alias.name}"
-                elif target.split(".")[0] not in PACKAGES:
-                    external.add(bound)
+                elif target.split(".")[0] not in PACKAGES or ".proto_gen" in target:
+                    external.add(bound)  # other libraries and generated protobuf code
     return project, external
 
 
