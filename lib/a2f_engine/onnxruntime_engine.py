@@ -10,8 +10,9 @@ import onnxruntime as ort
 from a2f_engine.base import TensorSpec, check_resident_value
 from a2f_engine.errors import EngineClosedError
 
-_ORT_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
-              "tensor(int64)": np.dtype(np.int64), "tensor(int32)": np.dtype(np.int32)}
+_ORT_TYPES: dict[str, np.dtype] = {
+    "tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
+    "tensor(int64)": np.dtype(np.int64), "tensor(int32)": np.dtype(np.int32)}
 
 
 def _spec(arg: ort.NodeArg) -> TensorSpec:

@@ -127,7 +127,7 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _link_or_copy(src: Path, dest: Path) -> None:
+def _publish_atomic_copy(src: Path, dest: Path) -> None:
     """Publish ``src``'s bytes at ``dest`` atomically: hardlink (or copy) to a temp name, rename."""
     tmp = dest.with_name(temp_name(dest.name))
     try:
@@ -292,7 +292,7 @@ class EngineBuilder:
         rec = read_record(cached_rec_path)
         rec = EngineRecord.from_json({**rec.to_json(), "model": name,
                                       "engine_file": engine_dest.name})
-        _link_or_copy(cached, engine_dest)
+        _publish_atomic_copy(cached, engine_dest)
         write_record(paths.engine_record(backend), rec)
         marker = self.backend.marker()
         if marker is not None:

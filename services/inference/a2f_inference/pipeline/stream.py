@@ -678,7 +678,7 @@ class StreamSession:
             self._changed.notify_all()
 
 
-def complete_items(items: list[WorkItem], outputs: list[Mapping[str, np.ndarray]]) -> None:
+def complete_items(items: list[WorkItem], outputs: Iterable[Mapping[str, np.ndarray]]) -> None:
     """Post-processing of one batch: each item's slice of the outputs -> frames.
 
     Streams are post-processed together (:func:`~.postprocess.process_streams`: the solves

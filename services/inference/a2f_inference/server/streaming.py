@@ -20,9 +20,9 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from a2f_inference.client import IDENTITY_METADATA, MODEL_METADATA, VERSION_METADATA
 from a2f_inference.proto_gen.nvidia_ace import animation_pb2, audio_pb2, status_pb2
 from a2f_inference.proto_gen.nvidia_audio2face_3d import messages_pb2
+from a2f_inference.protocol import IDENTITY_METADATA, MODEL_METADATA, VERSION_METADATA
 from a2f_inference.server import params as stream_params
 from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.errors import to_status
