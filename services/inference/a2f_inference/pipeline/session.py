@@ -2,10 +2,15 @@
 
 A :class:`StreamSession` is opened by :meth:`ModelRuntime.open_stream
 <a2f_inference.pipeline.runtime.ModelRuntime.open_stream>`. The caller (the gRPC servicer,
-or :func:`~a2f_inference.pipeline.scheduler.run_offline`) pushes PCM and emotion keyframes
+or :func:`~a2f_inference.pipeline.offline.run_offline`) pushes PCM and emotion keyframes
 and takes frames; the model's :class:`~a2f_inference.pipeline.scheduler.BatchScheduler`
 pulls ready windows from the session on its worker thread, runs them batched with other
 streams' windows and hands the outputs back. All public methods are thread-safe.
+
+The session talks to the object that opened it only through :class:`StreamOwner`
+(``notify``: it may have ready windows; ``forget``: it was closed), and wakes its caller
+through its own ``on_ready`` callback (given at ``open_stream``) whenever frames were made
+or the stream failed.
 
 Windowing (sizes always from the model folder's ``audio_params``):
 
@@ -15,9 +20,7 @@ Windowing (sizes always from the model folder's ``audio_params``):
   buffer_ofs) samples have arrived; after ``end_of_audio`` every frame with t_k < N is made.
 * diffusion: see :class:`~a2f_inference.pipeline.frames.DiffusionClock`; the native 60 fps
   frames are post-processed at 60 fps (the filters and the temporal solve run at the model's
-  rate), then brought to the output rate: when the output rate divides 60 every
-  (60 / fps)-th frame is taken (aligned to t = 0); otherwise the weights are interpolated
-  linearly between the two native frames around each output time.
+  rate), then brought to the output rate (:mod:`~a2f_inference.pipeline.output`).
 """
 
 from __future__ import annotations
@@ -25,118 +28,45 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from a2f_inference.pipeline.emotion import EmotionTrack, Keyframe
-from a2f_inference.pipeline.frames import (
-    DiffusionClock,
-    Frame,
-    RegressionClock,
-    as_fraction,
-    frames_before,
-)
-from a2f_inference.pipeline.params import (
-    FACE_PARAM_KEYS,
-    BlendshapeParamsNim,
-    EmotionParams,
-    EmotionPostProcessingParams,
-    FaceParams,
-)
+from a2f_inference.pipeline.frames import DiffusionClock, Frame, RegressionClock, as_fraction
+from a2f_inference.pipeline.output import FrameAssembler
+from a2f_inference.pipeline.params import OUTPUT_BLENDSHAPE_NAMES, FaceParams
+from a2f_inference.pipeline.postprocess import FramePostprocessor
 from a2f_inference.pipeline.resample import StreamingResampler
+from a2f_inference.pipeline.samples import SampleBuffer
+from a2f_inference.pipeline.stream_params import NETWORK_RATE_HZ, StreamParams
 from a2f_volume.errors import A2FError, InvalidArgumentError
-
-if TYPE_CHECKING:
-    from a2f_inference.pipeline.runtime import ModelRuntime
+from a2f_volume.model_folder import ModelFolder
 
 logger = logging.getLogger(__name__)
 
-#: Sample rate of the networks' audio input.
-NETWORK_RATE_HZ = 16000
-#: Output frame rates accepted by :meth:`ModelRuntime.open_stream`, inclusive.
-MIN_FPS = 1.0
-MAX_FPS = 240.0
-
-_NIM_KEYS = (
-    "face_params", "face_integer_params", "face_float_array_params", "bs_weight_multipliers",
-    "bs_weight_offsets", "enable_clamping_bs_weight", "live_transition_time",
-    "beginning_emotion", "emotion_params", "emotion_post_processing_params",
-)  # fmt: skip
+#: Called on a worker thread when a session got frames, finished or failed.
+ReadyCallback = Callable[["StreamSession"], None]
 
 
-class PostProcessor(Protocol):
-    """Per-stream network output -> 68 weights (``pipeline.postprocess.FramePostprocessor``)."""
+class StreamOwner(Protocol):
+    """What a session needs of the object that opened it (a :class:`ModelRuntime
+    <a2f_inference.pipeline.runtime.ModelRuntime>`)."""
 
-    def process(self, rows: np.ndarray, times: np.ndarray) -> np.ndarray: ...
+    @property
+    def name(self) -> str:
+        """The model's name (for messages)."""
+        ...
 
+    def notify(self, session: StreamSession) -> None:
+        """``session`` may have ready windows (any thread)."""
+        ...
 
-@dataclass(frozen=True)
-class StreamParams:
-    """The validated per-stream parameters of a NIM stream header.
-
-    ``face_overrides`` holds the NIM ``face_params`` (camelCase keys, already range-checked);
-    they are laid over the identity's ``model_config`` when the stream opens
-    (:meth:`face_for`). ``has_beginning_emotion`` tells whether ``emotion.beginning_emotion``
-    was given (otherwise the model's ``default_emotion`` starts the stream).
-    """
-
-    face_overrides: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
-    blendshapes: BlendshapeParamsNim = field(default_factory=BlendshapeParamsNim)
-    emotion: EmotionParams = field(default_factory=EmotionParams)
-    emotion_post: EmotionPostProcessingParams = field(
-        default_factory=EmotionPostProcessingParams)
-    has_beginning_emotion: bool = False
-
-    @classmethod
-    def from_nim(cls, params: Mapping[str, Any] | None = None) -> StreamParams:
-        """Build from the plain-dict form of a stream header.
-
-        Keys (all optional): ``face_params`` (camelCase float map), ``bs_weight_multipliers``,
-        ``bs_weight_offsets`` (maps by blendshape name), ``enable_clamping_bs_weight`` (bool),
-        ``live_transition_time``, ``beginning_emotion`` (or both inside ``emotion_params``),
-        ``emotion_post_processing_params`` (map). Validation errors of the parameter classes
-        (:class:`InvalidArgumentError` naming the key and the allowed range) pass through.
-        """
-        p = dict(params or {})
-        unknown = [k for k in p if k not in _NIM_KEYS]
-        if unknown:
-            raise InvalidArgumentError(
-                f"stream parameters: unknown key {unknown[0]!r}; allowed keys: "
-                f"{', '.join(_NIM_KEYS)}")
-        for group in ("face_integer_params", "face_float_array_params"):
-            if p.get(group):
-                raise InvalidArgumentError(
-                    f"face_params.{group.removeprefix('face_')}: {sorted(p[group])} not "
-                    "supported; only float_params are (keys: "
-                    f"{', '.join(FACE_PARAM_KEYS)})")
-        face = p.get("face_params") or {}
-        if not isinstance(face, Mapping):
-            raise InvalidArgumentError("face_params: expected a map of name -> number")
-        # validate keys and ranges now (the defaults only matter at open time)
-        FaceParams.from_nim(face, _ZERO_FACE)
-        bs = BlendshapeParamsNim.from_nim(
-            p.get("bs_weight_multipliers"), p.get("bs_weight_offsets"),
-            p.get("enable_clamping_bs_weight", False))
-        emo_in: dict[str, Any] = dict(p.get("emotion_params") or {})
-        for k in ("live_transition_time", "beginning_emotion"):
-            if k in p:
-                emo_in[k] = p[k]
-        emotion = EmotionParams.from_nim(emo_in)
-        post = EmotionPostProcessingParams.from_nim(p.get("emotion_post_processing_params") or {})
-        return cls(MappingProxyType({str(k): float(v) for k, v in face.items()}), bs, emotion,
-                   post, "beginning_emotion" in emo_in)
-
-    def face_for(self, config: Mapping[str, float]) -> FaceParams:
-        """The stream's :class:`FaceParams`: ``face_overrides`` over an identity's config."""
-        return FaceParams.from_nim(self.face_overrides, config)
-
-
-_ZERO_FACE = FaceParams(**{snake: 0.0 for snake, _ in FACE_PARAM_KEYS.values()})
+    def forget(self, session: StreamSession) -> None:
+        """``session`` was closed."""
+        ...
 
 
 class StreamError(A2FError):
@@ -145,76 +75,13 @@ class StreamError(A2FError):
     status = "INTERNAL"
 
 
-class _Samples:
-    """A growing 1-D float32 signal that forgets what no window needs any more.
-
-    Held samples are ``_buf[_off : _off + _len]``; forgetting only moves ``_off``, and the
-    buffer is compacted when an append needs the room (each sample is moved at most a few
-    times, whatever the chunk sizes)."""
-
-    def __init__(self) -> None:
-        self._buf = np.zeros(1 << 15, dtype=np.float32)
-        self._off = 0  # position of the first held sample in _buf
-        self._base = 0  # absolute index of the first held sample
-        self._len = 0  # held samples
-        self.total = 0  # samples appended so far
-
-    def append(self, x: np.ndarray) -> None:
-        n = x.size
-        if n == 0:
-            return
-        if self._off + self._len + n > self._buf.size:
-            held = self._buf[self._off : self._off + self._len]
-            if self._len + n > self._buf.size // 2:  # grow
-                new = np.zeros(max(2 * self._buf.size, 2 * (self._len + n)), dtype=np.float32)
-                new[: self._len] = held
-                self._buf = new
-            else:  # compact in place
-                self._buf[: self._len] = held
-            self._off = 0
-        end = self._off + self._len
-        self._buf[end : end + n] = x
-        self._len += n
-        self.total += n
-
-    def window(self, start: int, length: int, out: np.ndarray) -> None:
-        """Copy [start, start + length) into ``out`` (zeros outside what is held)."""
-        lo = max(start, self._base)
-        hi = min(start + length, self._base + self._len)
-        if hi <= lo:
-            out[...] = 0.0
-            return
-        if lo > start:
-            out[: lo - start] = 0.0
-        if hi < start + length:
-            out[hi - start :] = 0.0
-        src = self._off + lo - self._base
-        out[lo - start : hi - start] = self._buf[src : src + hi - lo]
-
-    def windows(self, starts: np.ndarray, length: int, out: np.ndarray | None = None
-                ) -> np.ndarray:
-        """``[len(starts), length]`` windows (ascending starts), zero-padded like
-        :meth:`window`; written into ``out`` when given."""
-        lo = int(starts[0])
-        hi = int(starts[-1]) + length
-        if lo >= self._base and hi <= self._base + self._len:  # all held: no staging copy
-            seg = self._buf[self._off + lo - self._base : self._off + hi - self._base]
-        else:
-            seg = np.empty(hi - lo, dtype=np.float32)
-            self.window(lo, seg.size, seg)
-        if out is None:
-            out = np.empty((len(starts), length), dtype=np.float32)
-        for row, start in zip(out, (starts - lo).tolist(), strict=True):
-            row[:] = seg[start : start + length]  # plain slice copies: the fastest way here
-        return out
-
-    def discard_before(self, pos: int) -> None:
-        drop = min(pos - self._base, self._len)
-        if drop <= 0:
-            return
-        self._off += drop
-        self._len -= drop
-        self._base += drop
+def diffusion_shapes(folder: ModelFolder) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(latent shape, noise shape)`` of one diffusion stream (empty for regression)."""
+    d = folder.diffusion
+    if folder.kind != "diffusion" or d is None:
+        return (), ()
+    return ((d.num_diffusion_steps, d.num_gru_layers, 1, d.gru_latent_dim),
+            (1, d.num_diffusion_steps + 1, d.num_frames, d.frame_size))
 
 
 @dataclass
@@ -232,11 +99,12 @@ class WorkItem:
 class StreamSession:
     """One stream on one model version; create with ``ModelRuntime.open_stream``."""
 
-    def __init__(self, runtime: ModelRuntime, *, identity_index: int, params: StreamParams,
-                 face: FaceParams, postprocessor: PostProcessor, input_rate: int,
-                 output_fps: float, constant_noise: bool, seed: int | None) -> None:
-        folder = runtime.folder
-        self.runtime = runtime
+    def __init__(self, owner: StreamOwner, folder: ModelFolder, *, identity_index: int,
+                 params: StreamParams, face: FaceParams, postprocessor: FramePostprocessor,
+                 input_rate: int, output_fps: float, constant_noise: bool, seed: int | None,
+                 on_ready: ReadyCallback | None = None) -> None:
+        self.owner = owner
+        self.on_ready = on_ready
         self.params = params
         self.face = face
         self.identity = folder.identities[identity_index].name
@@ -247,7 +115,7 @@ class StreamSession:
         self._fps = as_fraction(output_fps)
         self._identity_index = identity_index
         self._input_strength = float(face.input_strength)
-        self._pp: PostProcessor | None = postprocessor
+        self._pp: FramePostprocessor | None = postprocessor
         self._resampler: StreamingResampler | None = StreamingResampler(
             self.input_rate, NETWORK_RATE_HZ)
         start = (np.asarray(params.emotion.beginning_emotion, dtype=np.float32)
@@ -255,22 +123,14 @@ class StreamSession:
         self._emotions = EmotionTrack(start)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._signal = _Samples()
+        self._signal = SampleBuffer()
         self._carry = b""
-        self._pcm = bytearray()  # original-rate PCM from sample self._pcm_base on
-        self._pcm_base = 0
-        self._n_orig = 0
         self._ended = False
         self._closed = False
         self._error: BaseException | None = None
         self._next_unit = 0  # next regression frame / diffusion inference to hand out
         self._in_flight = 0
         self._ready_since: float | None = None
-        # native frames (post-processed weights) not yet turned into output frames
-        self._native: deque[np.ndarray] = deque()
-        self._native_base = 0  # native index of self._native[0]
-        self._native_made = 0  # native frames made so far (they come in order)
-        self._next_out = 0  # next output frame index to release
         self._out: list[Frame] = []
         self._taken_all = False
         self.regression_clock: RegressionClock | None = None
@@ -280,7 +140,7 @@ class StreamSession:
             self.regression_clock = RegressionClock(a.samplerate, a.buffer_len, a.buffer_ofs,
                                                     self._fps)
             self.lookahead_s = self.regression_clock.lookahead_s
-            self._native_fps = self._fps
+            native_fps = self._fps
             assert folder.regression is not None
             self._implicit = folder.regression.implicit_emotion.astype(np.float32)
         else:
@@ -290,21 +150,22 @@ class StreamSession:
             self.diffusion_clock = DiffusionClock(a.samplerate, a.buffer_len, a.padding_left,
                                                   d.left_truncate, d.center, d.right_truncate)
             self.lookahead_s = self.diffusion_clock.lookahead_s
-            self._native_fps = self.diffusion_clock.native_fps
-            self._latents = np.zeros(runtime.latent_shape, dtype=np.float32)
+            native_fps = self.diffusion_clock.native_fps
+            self._latent_shape, self._noise_shape = diffusion_shapes(folder)
+            self._latents = np.zeros(self._latent_shape, dtype=np.float32)
             self._onehot = np.zeros((1, len(folder.identities)), dtype=np.float32)
             self._onehot[0, identity_index] = 1.0
             # SFC64: the fastest of numpy's generators; a full-size noise tensor is 16M values
             self._rng = np.random.Generator(np.random.SFC64(seed))
             self._noise: np.ndarray | None = None  # constant noise
             self._noise_next: np.ndarray | None = None  # drawn ahead on the post thread
-        self._ratio = self._native_fps / self._fps  # native frames per output frame
+        self._assembler = FrameAssembler(self.input_rate, self._fps, native_fps)
 
     # -- public API ----------------------------------------------------------------------------
     @property
     def blendshape_names(self) -> tuple[str, ...]:
         """The 68 weight names, in the order of :attr:`Frame.weights`."""
-        return self.runtime.blendshape_names
+        return OUTPUT_BLENDSHAPE_NAMES
 
     @property
     def output_rate(self) -> int:
@@ -344,8 +205,7 @@ class StreamSession:
             if even == 0:
                 return
             raw = np.frombuffer(data, dtype="<i2", count=even // 2)
-            self._pcm += data[:even]
-            self._n_orig += raw.size
+            self._assembler.add_pcm(data[:even], raw.size)
             x = raw.astype(np.float32) * np.float32(1.0 / 32768.0)
             assert self._resampler is not None
             y = self._resampler.process(x)
@@ -353,7 +213,7 @@ class StreamSession:
             notify = self._has_new_work()
             self._release_locked()
         if notify:
-            self.runtime._notify(self)
+            self.owner.notify(self)
 
     def push_emotions(self, keyframes: Iterable[Keyframe]) -> None:
         """Add explicit emotion keyframes ``(time_code_s, {emotion: value})``.
@@ -380,7 +240,7 @@ class StreamSession:
             self._has_new_work()
             self._release_locked()
             self._changed.notify_all()
-        self.runtime._notify(self)
+        self.owner.notify(self)
 
     def take_frames(self) -> list[Frame]:
         """Frames made since the last call, in order (possibly none)."""
@@ -403,16 +263,15 @@ class StreamSession:
             if self._closed:
                 return
             self._closed = True
-            self._pcm = bytearray()
-            self._signal = _Samples()
-            self._native.clear()
+            self._assembler.clear()
+            self._signal = SampleBuffer()
             self._out = []
             self._pp = None
             self._resampler = None
             if self.kind == "diffusion":
                 self._noise = self._noise_next = None
             self._changed.notify_all()
-        self.runtime._forget(self)
+        self.owner.forget(self)
 
     # -- scheduler side ------------------------------------------------------------------------
     def take_work(self, max_count: int, out: Mapping[str, np.ndarray] | None = None
@@ -455,19 +314,14 @@ class StreamSession:
             if more:
                 self._ready_since = time.perf_counter()
         if more:
-            self.runtime._notify(self)
-
-    def complete(self, item: WorkItem, outputs: Mapping[str, np.ndarray]) -> None:
-        """Post-processing thread: this item's slice of the batch outputs -> frames (items
-        of one stream arrive in order). :func:`complete_items` does this for a whole batch."""
-        complete_items([item], [outputs])
+            self.owner.notify(self)
 
     def fail(self, err: BaseException) -> None:
         """Scheduler thread: the stream cannot go on; ``error`` tells the caller why."""
         with self._lock:
             if self._error is None:
                 self._error = err if isinstance(err, A2FError) else StreamError(
-                    f"inference failed on model {self.runtime.name!r}: "
+                    f"inference failed on model {self.owner.name!r}: "
                     f"{type(err).__name__}: {err}")
                 if self._error is not err:
                     self._error.__cause__ = err
@@ -546,13 +400,13 @@ class StreamSession:
         emotion = self._emotions.at(np.maximum(g, 0.0) / float(d.native_fps))[None]
         if self.constant_noise:
             if self._noise is None:
-                self._noise = self._rng.standard_normal(self.runtime.noise_shape,
+                self._noise = self._rng.standard_normal(self._noise_shape,
                                                         dtype=np.float32)
             noise = self._noise
         elif self._noise_next is not None:  # drawn ahead while the engine was busy
             noise, self._noise_next = self._noise_next, None
         else:
-            noise = self._rng.standard_normal(self.runtime.noise_shape, dtype=np.float32)
+            noise = self._rng.standard_normal(self._noise_shape, dtype=np.float32)
         self._next_unit = k + 1
         self._in_flight = 1
         self._signal.discard_before(d.window_start(k + 1))
@@ -561,9 +415,21 @@ class StreamSession:
                  "input_latents": self._latents, "noise": noise}
         return WorkItem(self, 1, feeds, k, ready_at)
 
-    def _prepare(self, item: WorkItem, outputs: Mapping[str, np.ndarray]
-                 ) -> tuple[PostProcessor, np.ndarray, np.ndarray] | None:
-        """This item's network rows for post-processing: ``(post-processor, rows, times)``,
+    def signal_ready(self) -> None:
+        """Worker thread: frames were made, or the stream finished or failed; calls the
+        ``on_ready`` callback given at ``open_stream`` (errors are logged, not raised)."""
+        cb = self.on_ready
+        if cb is None:
+            return
+        try:
+            cb(self)
+        except Exception:  # a listener must not stop the worker
+            logger.exception("on_ready callback of a stream on %s failed", self.owner.name)
+
+    # -- post-processing side (pipeline.completion) ----------------------------------------
+    def prepare_post(self, item: WorkItem, outputs: Mapping[str, np.ndarray]
+                     ) -> tuple[FramePostprocessor, np.ndarray] | None:
+        """This item's network rows for post-processing: ``(post-processor, rows)``,
         or None when there is nothing to post-process (stream closed, or diffusion frames
         that are all warm-up or past the end)."""
         pp = self._pp
@@ -571,8 +437,7 @@ class StreamSession:
             return None
         if self.regression_clock is not None:
             rows = np.asarray(outputs["result"], dtype=np.float32).reshape(item.count, -1)
-            times = np.arange(item.first_unit, item.first_unit + item.count) / float(self._fps)
-            return pp, rows, times
+            return pp, rows
         d = self.diffusion_clock
         assert d is not None
         pred = np.asarray(outputs["prediction"])[0, d.left : d.left + d.center]
@@ -583,10 +448,9 @@ class StreamSession:
         hi = d.center if total is None else max(lo, min(d.center, total - g0))  # past the end
         if hi <= lo:
             return None
-        times = np.arange(g0 + lo, g0 + hi, dtype=np.float64) / float(d.native_fps)
-        return pp, np.ascontiguousarray(pred[lo:hi], dtype=np.float32), times
+        return pp, np.ascontiguousarray(pred[lo:hi], dtype=np.float32)
 
-    def _finish(self, item: WorkItem, weights: np.ndarray | None) -> None:
+    def finish_post(self, item: WorkItem, weights: np.ndarray | None) -> None:
         """Hand the item's weights over (None: nothing was post-processed) and release the
         frames that are complete."""
         with self._lock:
@@ -596,133 +460,34 @@ class StreamSession:
                 self._in_flight -= item.count
             if weights is None:
                 return
-            self._add_native(np.asarray(weights, dtype=np.float32))
+            self._assembler.add_native(np.asarray(weights, dtype=np.float32))
             self._release_locked()
 
-    def _draw_noise_ahead(self) -> None:
+    def draw_noise_ahead(self) -> None:
         """Post-processing thread: draw the noise of a later inference now, off the
         inference thread (a full-size draw is 16M values)."""
         with self._lock:
             if (self.constant_noise or self._closed or self._noise_next is not None
                     or (self._ended and self._next_unit >= self._units_available())):
                 return
-        noise = self._rng.standard_normal(self.runtime.noise_shape, dtype=np.float32)
+        noise = self._rng.standard_normal(self._noise_shape, dtype=np.float32)
         with self._lock:
             if self._noise_next is None and not self._closed:
                 self._noise_next = noise
 
-    def _add_native(self, weights: np.ndarray) -> None:
-        for row in weights:
-            self._native.append(row)
-        self._native_made += weights.shape[0]
-
-    def _total_out(self) -> int | None:
-        if not self._ended:
-            return None
-        return frames_before(self._signal.total, NETWORK_RATE_HZ, self._fps)
+    # -- output frames (under the lock) ----------------------------------------------------
+    def _network_samples(self) -> int | None:
+        """16 kHz samples of the whole stream once it has ended; None before."""
+        return self._signal.total if self._ended else None
 
     def _all_released(self) -> bool:
-        total = self._total_out()
-        return total is not None and self._next_out >= total
+        return self._assembler.all_released(self._network_samples())
 
     def _release_locked(self) -> None:
         """Move every output frame whose native frames and audio are in to ``_out``."""
         if self._error is not None or self._closed:
             return
-        total = self._total_out()
-        total_native = None
-        if self._ended:
-            total_native = frames_before(self._signal.total, NETWORK_RATE_HZ, self._native_fps)
-        # integer forms of the exact fractions (this runs once per frame)
-        rn, rd = self._ratio.numerator, self._ratio.denominator
-        fn, fd = self._fps.numerator, self._fps.denominator
-        rate2 = 2 * self.input_rate * fd
-        fps_f = float(self._fps)
-        released = []
-        a1 = self._pcm_base
-        while total is None or self._next_out < total:
-            i = self._next_out
-            lo, rem = divmod(i * rn, rd)  # native position i * ratio = lo + rem / rd
-            hi = lo + 1 if rem else lo
-            if total_native is not None and hi >= total_native:
-                hi, rem = lo, 0
-            if hi >= self._native_made:
-                break
-            last = total is not None and i == total - 1
-            # audio_boundary(i) = round_half_up(i * rate / fps)
-            a0 = (i * rate2 + fn) // (2 * fn)
-            a1 = self._n_orig if last else ((i + 1) * rate2 + fn) // (2 * fn)
-            if not self._ended and a1 > self._n_orig:
-                break
-            a0, a1 = min(a0, self._n_orig), min(max(a1, a0), self._n_orig)
-            w_lo = self._native[lo - self._native_base]
-            if rem:
-                f = rem / rd
-                w = (1.0 - f) * w_lo + f * self._native[hi - self._native_base]
-            else:
-                w = w_lo
-            audio = bytes(self._pcm[2 * (a0 - self._pcm_base) : 2 * (a1 - self._pcm_base)])
-            released.append(Frame(i, i / fps_f, np.asarray(w, dtype=np.float32), audio))
-            self._next_out = i + 1
-            # forget native frames no later output frame needs
-            keep_native = ((i + 1) * rn) // rd
-            while self._native_base < keep_native and self._native:
-                self._native.popleft()
-                self._native_base += 1
+        released = self._assembler.release(self._network_samples())
         if released:
-            drop = a1 - self._pcm_base  # PCM no later frame needs
-            if drop > 0:
-                del self._pcm[: 2 * drop]
-                self._pcm_base = a1
             self._out.extend(released)
             self._changed.notify_all()
-
-
-def complete_items(items: list[WorkItem], outputs: list[Mapping[str, np.ndarray]]) -> None:
-    """Post-processing of one batch: each item's slice of the outputs -> frames.
-
-    Streams are post-processed together (:func:`~.postprocess.process_streams`: the solves
-    of all streams of a blendshape set run vectorised, frame by frame). A stream whose own
-    part fails (its rows, its filters) fails alone; the others go on.
-    """
-    from a2f_inference.pipeline.postprocess import FramePostprocessor, process_streams
-
-    jobs: list[tuple[WorkItem, PostProcessor, np.ndarray, np.ndarray]] = []
-    for it, out in zip(items, outputs, strict=True):
-        try:
-            job = it.session._prepare(it, out)
-        except Exception as err:
-            _post_failed(it.session, err)
-            continue
-        if job is None:
-            it.session._finish(it, None)
-        else:
-            jobs.append((it, *job))
-    together = [j for j in jobs if isinstance(j[1], FramePostprocessor)]
-    alone = [j for j in jobs if not isinstance(j[1], FramePostprocessor)]
-    if together:
-        try:
-            pps = [cast(FramePostprocessor, j[1]) for j in together]
-            weights = process_streams(pps, [j[2] for j in together])
-        except Exception as err:  # not attributable to one stream: all of them stop
-            for it, *_ in together:
-                _post_failed(it.session, err)
-        else:
-            for (it, *_), w in zip(together, weights, strict=True):
-                it.session._finish(it, w)
-    for it, pp, rows, times in alone:  # other post-processors, one stream at a time
-        try:
-            w = pp.process(rows, times)
-        except Exception as err:
-            _post_failed(it.session, err)
-        else:
-            it.session._finish(it, w)
-    for it in items:
-        if it.session.diffusion_clock is not None and it.session.error is None:
-            it.session._draw_noise_ahead()
-
-
-def _post_failed(session: StreamSession, err: BaseException) -> None:
-    logger.error("stream on %s: post-processing failed: %s: %s", session.runtime.name,
-                 type(err).__name__, err, exc_info=err)
-    session.fail(err)
