@@ -30,9 +30,9 @@ from a2f_inference.proto_gen.nvidia_audio2face_3d import (
     audio2face_pb2_grpc,
 )
 from a2f_inference.server.config import ServerConfig
-from a2f_inference.server.engines import as_engine_policy
 from a2f_inference.server.metrics import InferenceMetrics
 from a2f_inference.server.model import LoadedModel
+from a2f_inference.server.modes import as_engine_policy
 from a2f_inference.server.registry import ModelRegistry
 from a2f_inference.server.reload import ModelReloader, health_service_name
 from a2f_inference.server.servicers import (

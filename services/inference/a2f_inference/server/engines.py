@@ -21,7 +21,7 @@ from a2f_engine.loader import load_engine
 from a2f_engine.onnxruntime_engine import OnnxRuntimeEngine, cpu_plan
 from a2f_engine.targets import choose_backend, current_target
 from a2f_inference.server.config import ServerConfig
-from a2f_inference.server.modes import ENGINE_POLICIES, EnginePolicy
+from a2f_inference.server.modes import as_engine_policy
 from a2f_volume import layout
 from a2f_volume.engine_record import EngineCheck, check_engine
 from a2f_volume.errors import A2FError, UnavailableError
@@ -32,14 +32,6 @@ log = logging.getLogger(__name__)
 #: Automatic inference workers with TensorRT: one batch's copies and post-processing overlap
 #: the other's GPU work.
 TENSORRT_AUTO_WORKERS = 2
-
-
-def as_engine_policy(value: str) -> EnginePolicy:
-    """``value`` as an :data:`EnginePolicy` (ValueError naming the allowed ones)."""
-    for policy in ENGINE_POLICIES:
-        if value == policy:
-            return policy
-    raise ValueError(f"engine policy {value!r}, expected one of {ENGINE_POLICIES}")
 
 
 def worker_plan(backend: str, config: ServerConfig) -> tuple[int, int]:

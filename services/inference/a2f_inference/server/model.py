@@ -20,6 +20,7 @@ from a2f_inference.pipeline import BatchScheduler, ModelRuntime
 from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.engines import EngineChecker, model_max_batch
 from a2f_inference.server.metrics import BatchMetrics, InferenceMetrics
+from a2f_inference.server.modes import as_postprocess_mode
 from a2f_volume.versions import current_version
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ def load_model(folder: Path, config: ServerConfig, metrics: InferenceMetrics | N
         scheduler = BatchScheduler(
             runtime, max_batch=runtime.max_batch, max_wait_s=config.max_wait_s,
             observer=BatchMetrics(metrics, name) if metrics is not None else None,
-            pipelined=config.postprocess == "overlap", workers=choice.workers)
+            pipelined=as_postprocess_mode(config.postprocess) == "overlap",
+            workers=choice.workers)
         lm = LoadedModel(name=name, folder=folder, version=version, kind=runtime.kind,
                          identities=runtime.identities, backend=choice.backend,
                          fingerprint=choice.fingerprint, runtime=runtime, scheduler=scheduler,

@@ -13,3 +13,19 @@ PostprocessMode = Literal["overlap", "inline"]
 
 ENGINE_POLICIES: tuple[EnginePolicy, ...] = get_args(EnginePolicy)
 POSTPROCESS_MODES: tuple[PostprocessMode, ...] = get_args(PostprocessMode)
+
+
+def as_engine_policy(value: str) -> EnginePolicy:
+    """``value`` as an :data:`EnginePolicy` (ValueError naming the allowed ones)."""
+    for policy in ENGINE_POLICIES:
+        if value == policy:
+            return policy
+    raise ValueError(f"engine policy {value!r}, expected one of {ENGINE_POLICIES}")
+
+
+def as_postprocess_mode(value: str) -> PostprocessMode:
+    """``value`` as a :data:`PostprocessMode` (ValueError naming the allowed ones)."""
+    for mode in POSTPROCESS_MODES:
+        if value == mode:
+            return mode
+    raise ValueError(f"postprocess mode {value!r}, expected one of {POSTPROCESS_MODES}")
