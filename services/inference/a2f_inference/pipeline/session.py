@@ -328,6 +328,66 @@ class StreamSession:
             self._in_flight = 0
             self._changed.notify_all()
 
+    def signal_ready(self) -> None:
+        """Worker thread: frames were made, or the stream finished or failed; calls the
+        ``on_ready`` callback given at ``open_stream`` (errors are logged, not raised)."""
+        cb = self.on_ready
+        if cb is None:
+            return
+        try:
+            cb(self)
+        except Exception:  # a listener must not stop the worker
+            logger.exception("on_ready callback of a stream on %s failed", self.owner.name)
+
+    # -- post-processing side (pipeline.completion) ----------------------------------------
+    def prepare_post(self, item: WorkItem, outputs: Mapping[str, np.ndarray]
+                     ) -> tuple[FramePostprocessor, np.ndarray] | None:
+        """This item's network rows for post-processing: ``(post-processor, rows)``,
+        or None when there is nothing to post-process (stream closed, or diffusion frames
+        that are all warm-up or past the end)."""
+        pp = self._pp
+        if pp is None:  # closed meanwhile
+            return None
+        if self.regression_clock is not None:
+            rows = np.asarray(outputs["result"], dtype=np.float32).reshape(item.count, -1)
+            return pp, rows
+        d = self.diffusion_clock
+        assert d is not None
+        pred = np.asarray(outputs["prediction"])[0, d.left : d.left + d.center]
+        g0 = d.first_native(item.first_unit)
+        with self._lock:
+            total = d.total_native(self._signal.total) if self._ended else None
+        lo = max(0, -g0)  # warm-up frames (before t = 0) are dropped
+        hi = d.center if total is None else max(lo, min(d.center, total - g0))  # past the end
+        if hi <= lo:
+            return None
+        return pp, np.ascontiguousarray(pred[lo:hi], dtype=np.float32)
+
+    def finish_post(self, item: WorkItem, weights: np.ndarray | None) -> None:
+        """Hand the item's weights over (None: nothing was post-processed) and release the
+        frames that are complete."""
+        with self._lock:
+            if self._closed:
+                return
+            if self.regression_clock is not None:
+                self._in_flight -= item.count
+            if weights is None:
+                return
+            self._assembler.add_native(np.asarray(weights, dtype=np.float32))
+            self._release_locked()
+
+    def draw_noise_ahead(self) -> None:
+        """Post-processing thread: draw the noise of a later inference now, off the
+        inference thread (a full-size draw is 16M values)."""
+        with self._lock:
+            if (self.constant_noise or self._closed or self._noise_next is not None
+                    or (self._ended and self._next_unit >= self._units_available())):
+                return
+        noise = self._rng.standard_normal(self._noise_shape, dtype=np.float32)
+        with self._lock:
+            if self._noise_next is None and not self._closed:
+                self._noise_next = noise
+
     # -- internals -----------------------------------------------------------------------------
     def _check_open(self, what: str) -> None:
         if self._closed:
@@ -414,66 +474,6 @@ class StreamSession:
         feeds = {"window": window, "identity": self._onehot, "emotion": emotion,
                  "input_latents": self._latents, "noise": noise}
         return WorkItem(self, 1, feeds, k, ready_at)
-
-    def signal_ready(self) -> None:
-        """Worker thread: frames were made, or the stream finished or failed; calls the
-        ``on_ready`` callback given at ``open_stream`` (errors are logged, not raised)."""
-        cb = self.on_ready
-        if cb is None:
-            return
-        try:
-            cb(self)
-        except Exception:  # a listener must not stop the worker
-            logger.exception("on_ready callback of a stream on %s failed", self.owner.name)
-
-    # -- post-processing side (pipeline.completion) ----------------------------------------
-    def prepare_post(self, item: WorkItem, outputs: Mapping[str, np.ndarray]
-                     ) -> tuple[FramePostprocessor, np.ndarray] | None:
-        """This item's network rows for post-processing: ``(post-processor, rows)``,
-        or None when there is nothing to post-process (stream closed, or diffusion frames
-        that are all warm-up or past the end)."""
-        pp = self._pp
-        if pp is None:  # closed meanwhile
-            return None
-        if self.regression_clock is not None:
-            rows = np.asarray(outputs["result"], dtype=np.float32).reshape(item.count, -1)
-            return pp, rows
-        d = self.diffusion_clock
-        assert d is not None
-        pred = np.asarray(outputs["prediction"])[0, d.left : d.left + d.center]
-        g0 = d.first_native(item.first_unit)
-        with self._lock:
-            total = d.total_native(self._signal.total) if self._ended else None
-        lo = max(0, -g0)  # warm-up frames (before t = 0) are dropped
-        hi = d.center if total is None else max(lo, min(d.center, total - g0))  # past the end
-        if hi <= lo:
-            return None
-        return pp, np.ascontiguousarray(pred[lo:hi], dtype=np.float32)
-
-    def finish_post(self, item: WorkItem, weights: np.ndarray | None) -> None:
-        """Hand the item's weights over (None: nothing was post-processed) and release the
-        frames that are complete."""
-        with self._lock:
-            if self._closed:
-                return
-            if self.regression_clock is not None:
-                self._in_flight -= item.count
-            if weights is None:
-                return
-            self._assembler.add_native(np.asarray(weights, dtype=np.float32))
-            self._release_locked()
-
-    def draw_noise_ahead(self) -> None:
-        """Post-processing thread: draw the noise of a later inference now, off the
-        inference thread (a full-size draw is 16M values)."""
-        with self._lock:
-            if (self.constant_noise or self._closed or self._noise_next is not None
-                    or (self._ended and self._next_unit >= self._units_available())):
-                return
-        noise = self._rng.standard_normal(self._noise_shape, dtype=np.float32)
-        with self._lock:
-            if self._noise_next is None and not self._closed:
-                self._noise_next = noise
 
     # -- output frames (under the lock) ----------------------------------------------------
     def _network_samples(self) -> int | None:
