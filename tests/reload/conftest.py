@@ -16,8 +16,9 @@ from prometheus_client import CollectorRegistry
 
 from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.metrics import InferenceMetrics
+from a2f_inference.server.model import LoadedModel
 from a2f_inference.server.modes import EnginePolicy
-from a2f_inference.server.registry import LoadedModel, ModelRegistry
+from a2f_inference.server.registry import ModelRegistry
 from a2f_inference.server.reload import ModelReloader
 from a2f_volume import layout
 from a2f_volume.versions import VersionRecord, switch, write_record

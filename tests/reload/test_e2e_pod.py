@@ -34,9 +34,9 @@ from s3_fixtures import AWS_ENV, free_port, moto_server, s3_client
 from a2f_inference.client import build_requests, stream_audio
 from a2f_inference.proto_gen.nvidia_audio2face_3d import audio2face_pb2_grpc
 from a2f_inference.server.config import ServerConfig
+from a2f_inference.server.engines import EngineChecker
+from a2f_inference.server.model import LoadedModel, load_model
 from a2f_inference.server.params import open_session
-from a2f_inference.server.registry import LoadedModel, load_model
-from a2f_inference.server.reload import EngineChecker
 from a2f_volume import layout
 from a2f_volume.versions import current_version
 

@@ -20,7 +20,7 @@ from a2f_inference.proto_gen.nvidia_audio2face_3d import (
     a2x_export_config_pb2,
     a2x_export_config_pb2_grpc,
 )
-from a2f_inference.server.registry import load_model
+from a2f_inference.server.model import load_model
 
 from .conftest import DIFFUSION, REGRESSION, RunningServer, one_stream, run, run_server
 
