@@ -40,6 +40,10 @@ class cudaMemcpyKind(enum.IntEnum):
     cudaMemcpyDeviceToHost = 2
 
 
+CudaError = cudaError_t
+CopyKind = cudaMemcpyKind
+
+
 class FakeStream(int):
     """cuda-python's cudaStream_t converts to int; so does this."""
 
@@ -83,7 +87,7 @@ class FakeCudart(types.ModuleType):
         pool[ptr] = buf
         return ptr
 
-    def cudaMalloc(self, n: int) -> tuple[cudaError_t, int]:
+    def cudaMalloc(self, n: int) -> tuple[CudaError, int]:
         with self._lock:
             led = self.ledger
             if led.fail_malloc_after is not None:
@@ -93,7 +97,7 @@ class FakeCudart(types.ModuleType):
             led.mallocs += 1
             return cudaError_t.cudaSuccess, self._alloc(led.device, n)
 
-    def cudaFree(self, ptr: int) -> tuple[cudaError_t]:
+    def cudaFree(self, ptr: int) -> tuple[CudaError]:
         with self._lock:
             if self.ledger.device.pop(int(ptr), None) is None:
                 self.ledger.bad_calls.append(f"cudaFree of unknown pointer {ptr:#x}")
@@ -101,12 +105,12 @@ class FakeCudart(types.ModuleType):
             self.ledger.frees += 1
             return (cudaError_t.cudaSuccess,)
 
-    def cudaHostAlloc(self, n: int, flags: int) -> tuple[cudaError_t, int]:
+    def cudaHostAlloc(self, n: int, flags: int) -> tuple[CudaError, int]:
         with self._lock:
             self.ledger.host_allocs += 1
             return cudaError_t.cudaSuccess, self._alloc(self.ledger.pinned, n)
 
-    def cudaFreeHost(self, ptr: int) -> tuple[cudaError_t]:
+    def cudaFreeHost(self, ptr: int) -> tuple[CudaError]:
         with self._lock:
             if self.ledger.pinned.pop(int(ptr), None) is None:
                 self.ledger.bad_calls.append(f"cudaFreeHost of unknown pointer {ptr:#x}")
@@ -114,14 +118,14 @@ class FakeCudart(types.ModuleType):
             self.ledger.host_frees += 1
             return (cudaError_t.cudaSuccess,)
 
-    def cudaStreamCreate(self) -> tuple[cudaError_t, FakeStream]:
+    def cudaStreamCreate(self) -> tuple[CudaError, FakeStream]:
         with self._lock:
             self.ledger.streams_made += 1
             s = FakeStream(1000 + self.ledger.streams_made)
             self.ledger.streams.add(int(s))
             return cudaError_t.cudaSuccess, s
 
-    def cudaStreamDestroy(self, s: Any) -> tuple[cudaError_t]:
+    def cudaStreamDestroy(self, s: Any) -> tuple[CudaError]:
         with self._lock:
             if int(s) not in self.ledger.streams:
                 self.ledger.bad_calls.append(f"cudaStreamDestroy of unknown stream {s}")
@@ -129,14 +133,14 @@ class FakeCudart(types.ModuleType):
             self.ledger.streams.discard(int(s))
             return (cudaError_t.cudaSuccess,)
 
-    def cudaStreamSynchronize(self, s: Any) -> tuple[cudaError_t]:
+    def cudaStreamSynchronize(self, s: Any) -> tuple[CudaError]:
         return (cudaError_t.cudaSuccess,)
 
     def _check_range(self, pool: dict[int, Any], ptr: int, n: int) -> bool:
         return any(p <= ptr and ptr + n <= p + len(b) for p, b in pool.items())
 
-    def cudaMemcpyAsync(self, dst: int, src: int, n: int, kind: cudaMemcpyKind,
-                        stream: Any) -> tuple[cudaError_t]:
+    def cudaMemcpyAsync(self, dst: int, src: int, n: int, kind: CopyKind,
+                        stream: Any) -> tuple[CudaError]:
         with self._lock:
             led = self.ledger
             if kind == cudaMemcpyKind.cudaMemcpyHostToDevice:
@@ -150,8 +154,8 @@ class FakeCudart(types.ModuleType):
         ctypes.memmove(dst, src, n)
         return (cudaError_t.cudaSuccess,)
 
-    def cudaMemcpy(self, dst: int, src: int, n: int, kind: cudaMemcpyKind,
-                   ) -> tuple[cudaError_t]:
+    def cudaMemcpy(self, dst: int, src: int, n: int, kind: CopyKind,
+                   ) -> tuple[CudaError]:
         with self._lock:
             if not self._check_range(self.ledger.device, dst, n):
                 self.ledger.bad_calls.append("cudaMemcpy to unallocated device memory")
@@ -193,7 +197,7 @@ class ILogger:
         pass
 
 
-class Dims(tuple):  # type: ignore[type-arg]
+class Dims(tuple[int, ...]):
     def __new__(cls, dims: Any = ()) -> Dims:
         return super().__new__(cls, tuple(int(d) for d in dims))
 
@@ -292,7 +296,7 @@ class FakeTensorRTModule(types.ModuleType):
         self.OnnxParser = FakeOnnxParser
 
     @staticmethod
-    def nptype(dt: DataType) -> type[np.generic]:
+    def nptype(dt: DataType) -> type[Any]:
         return {DataType.FLOAT: np.float32, DataType.HALF: np.float16,
                 DataType.INT32: np.int32}[dt]
 
@@ -542,7 +546,7 @@ class FakeTimingCache:
 class FakeConfig:
     def __init__(self, mod: FakeTensorRTModule) -> None:
         self.mod = mod
-        self.flags: set[Any] = {mod.BuilderFlag.TF32}  # TF32 is on by default
+        self.flags: set[Any] = {mod.BuilderFlag.TF32}  # type: ignore[attr-defined]  # TF32 is on by default
         self.profiles: dict[str, list[list[int]]] = {}
         self.pools: dict[Any, int] = {}
         self.builder_optimization_level = 3

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -13,7 +13,7 @@ from a2f_inference.pipeline.session import StreamSession, WorkItem
 logger = logging.getLogger(__name__)
 
 
-def complete_items(items: list[WorkItem], outputs: list[Mapping[str, np.ndarray]]) -> None:
+def complete_items(items: list[WorkItem], outputs: Sequence[Mapping[str, np.ndarray]]) -> None:
     """Post-processing of one batch: each item's slice of the outputs -> frames.
 
     Streams are post-processed together (:func:`~.postprocess.process_streams`: the solves
