@@ -83,18 +83,18 @@ class A2EClock:
             return total
         return min(self._clock.frames_ready(received), total)
 
-    def windows(self, audio: np.ndarray, frames: list[int],
-                input_strength: float = 1.0) -> np.ndarray:
-        """float32 [len(frames), T]: each frame's window of ``audio`` (float, A2E rate),
-        zero outside ``audio``, times ``input_strength``."""
+    def windows(self, audio: np.ndarray, frames: list[int], input_strength: float = 1.0,
+                offset: int = 0) -> np.ndarray:
+        """float32 [len(frames), T]: each frame's window of ``audio`` (float, A2E rate; its
+        first sample is stream sample ``offset``), zero outside it, times ``input_strength``."""
         x = np.asarray(audio, dtype=np.float32).reshape(-1)
         t = self.window_samples
         out = np.zeros((len(frames), t), dtype=np.float32)
         for row, k in enumerate(frames):
             s = self.window_start(k)
-            lo, hi = max(s, 0), min(s + t, x.size)
+            lo, hi = max(s, offset), min(s + t, offset + x.size)
             if hi > lo:
-                out[row, lo - s:hi - s] = x[lo:hi]
+                out[row, lo - s:hi - s] = x[lo - offset:hi - offset]
         if input_strength != 1.0:
             out *= np.float32(input_strength)
         return out
