@@ -120,3 +120,10 @@ def test_cli_writes_an_emotion_folder(tmp_path: Path, capsys: pytest.CaptureFixt
     assert load_emotion_folder(tmp_path / "e").classes == A2E_CLASSES
     with pytest.raises(SystemExit):
         main(["emotions", "--out", str(tmp_path / "x")])
+
+
+def test_full_size_has_the_same_interface_and_classes(tmp_path: Path) -> None:
+    full = generate_emotion(tmp_path / "full", size="full", seed=0)
+    assert load_emotion_folder(full).window_samples == T
+    windows = np.stack([_tone(150.0, 0.5), np.zeros(T, dtype=np.float32)])
+    assert _classes(full, windows) == ["angry", "neutral"]

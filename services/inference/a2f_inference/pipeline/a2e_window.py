@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cached_property
 
 import numpy as np
 
@@ -48,7 +49,7 @@ class A2EClock:
                inference_interval: int = DEFAULT_INFERENCE_INTERVAL) -> A2EClock:
         return cls(samplerate, window_samples, as_fraction(fps), inference_interval)
 
-    @property
+    @cached_property
     def _clock(self) -> RegressionClock:
         return RegressionClock(self.samplerate, self.window_samples, self.window_samples // 2,
                                self.fps)
