@@ -120,14 +120,34 @@ def bench_policy(folder: ModelFolder, policy: NoisePolicy, batch: int, windows: 
     network.close()
 
 
+def bench_regression(folder: ModelFolder, batch: int, windows: int, tmp: Path) -> None:
+    """The regression network alone against its serving graph (one frame per window)."""
+    info = compose_serving_graph(folder, tmp / "serving-regression.onnx")
+    network = OnnxRuntimeEngine(folder.onnx_path, intra_op_threads=1)
+    composed = OnnxRuntimeEngine(tmp / "serving-regression.onnx", intra_op_threads=1)
+    case = make_case(folder, info, batch, seed=1)
+    assert case.network_feeds is not None
+    net_feeds = case.network_feeds
+    nw, nc = _timed(lambda: network.run(net_feeds), windows)
+    sw, sc = _timed(lambda: composed.run(case.graph_feeds), windows)
+    print(f"regression batch {batch} ({batch} frames)")
+    print(f"  network alone:          {nw:8.1f} ms wall {nc:8.1f} ms CPU per batch")
+    print(f"  composed serving graph: {sw:8.1f} ms wall {sc:8.1f} ms CPU per batch")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--size", default="full", choices=("small", "full"))
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--windows", type=int, default=5)
     ap.add_argument("--policies", default="constant,fresh")
+    ap.add_argument("--kind", default="diffusion", choices=("diffusion", "regression"))
     args = ap.parse_args()
     configure_blas_threads(1)
+    if args.kind == "regression":
+        bench_regression(load_model_folder(cached_standin("regression", args.size)),
+                         args.batch, args.windows, Path(tempfile.mkdtemp(prefix="serving-")))
+        return 0
     folder = load_model_folder(cached_standin("diffusion", args.size))
     tmp = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     for policy in args.policies.split(","):
