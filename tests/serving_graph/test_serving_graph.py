@@ -16,6 +16,7 @@ import pytest
 from a2f_engine.errors import EngineBuildError, VerificationError
 from a2f_engine.noise import DEFAULT_POOL_ROWS, FreshSource, NoisePolicy
 from a2f_engine.onnxruntime_engine import OnnxRuntimeEngine
+from a2f_engine.serving_build import serving_build_spec
 from a2f_engine.serving_graph import (
     ServingGraphInfo,
     compose_serving_graph,
@@ -31,6 +32,7 @@ from a2f_engine.serving_verify import (
     run_graph,
     verify_serving_graph,
 )
+from a2f_engine.trt_flags import load_trt_info
 from a2f_inference.pipeline.params import FaceParams
 from a2f_inference.pipeline.postprocess import FramePostprocessor
 from a2f_volume.model_folder import ModelFolder, load_model_folder
@@ -253,3 +255,23 @@ def test_composing_a_network_without_the_named_tensors_fails_clearly(
     with pytest.raises(EngineBuildError, match="no input 'window'"):
         compose_serving_graph(bad, tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()
+
+
+@pytest.mark.parametrize(("kind", "noise"), CASES)
+def test_build_spec_covers_every_dynamic_input_of_the_serving_graph(
+        kind: str, noise: NoisePolicy, small_regression: Path, small_diffusion: Path,
+        tmp_path: Path) -> None:
+    folder = _folder(kind, small_regression, small_diffusion)
+    path, info = _compose(folder, tmp_path, noise)
+    spec = serving_build_spec(load_trt_info(folder.path), info)
+    engine = OnnxRuntimeEngine(path)
+    dynamic = {s.name for s in engine.inputs if any(d < 0 for d in s.shape)}
+    assert set(spec.profiles) == dynamic
+    for name, (lo, _mid, hi) in spec.profiles.items():
+        spec_in = next(s for s in engine.inputs if s.name == name)
+        shape, axis = spec_in.shape, spec_in.batch_axis
+        assert len(lo) == len(shape) and lo[axis] == 1 and hi[axis] == folder.max_batch
+        assert all(d < 0 or d == lo[i] == hi[i] for i, d in enumerate(shape))
+    shapes_args = [a for a in spec.args if a.startswith("--maxShapes=")]
+    assert len(shapes_args) == 1 and "noise:" not in shapes_args[0].replace("_noise", "")
+    assert "face_mask_level:" in shapes_args[0]
