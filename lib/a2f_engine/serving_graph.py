@@ -378,12 +378,13 @@ def compose_serving_graph(folder: ModelFolder, out_path: str | os.PathLike[str],
         keep_outputs = ["output_latents"]
         noise_out: tuple[int, ...] = noise_shape
     else:
-        r = folder.regression
-        assert r is not None
+        rspec = folder.regression
+        assert rspec is not None
         if "result" not in outs:
             raise EngineBuildError(f"{folder.onnx_path}: no output 'result'")
         f0, frames = 0, 1
-        sizes = (r.num_shapes_skin, r.num_shapes_tongue, r.result_jaw_size, r.result_eyes_size)
+        sizes = (rspec.num_shapes_skin, rspec.num_shapes_tongue, rspec.result_jaw_size,
+                 rspec.result_eyes_size)
         ends = np.cumsum(sizes)
         res = "result"  # [B, 1, R]
         ident = g.const("identity_index", np.zeros(1, np.int64))  # one identity; broadcast

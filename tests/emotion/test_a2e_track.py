@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from a2f_inference.client import synthetic_speech
+from a2f_inference.audio import synthetic_speech
 from a2f_inference.pipeline.a2e_postprocess import A2EPostParams, A2EStreamState, step_stream
 from a2f_inference.pipeline.a2e_track import A2EStreamTrack
 from a2f_inference.pipeline.a2e_window import A2EClock

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 from nvidia_audio2face_3d import messages_pb2 as nv_messages
 
-from a2f_inference.client import synthetic_speech
+from a2f_inference.audio import synthetic_speech
 from a2f_inference.pipeline.a2e_postprocess import A2EPostParams, A2EStreamState, step_streams
 from a2f_inference.pipeline.a2e_window import A2EClock
 from a2f_inference.pipeline.emotion_aggregate import emotion_aggregate_any

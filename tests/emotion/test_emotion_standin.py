@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from a2f_inference.client import synthetic_speech
+from a2f_inference.audio import synthetic_speech
 from a2f_standin.cli import main
 from a2f_standin.emotion import PROTOTYPES, generate_emotion, reference_features
 from a2f_volume.emotion_folder import A2E_CLASSES, load_emotion_folder
