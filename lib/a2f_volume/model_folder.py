@@ -48,6 +48,10 @@ ARKIT_SKIN_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 
 
+#: Largest array an npz of a model folder may declare (checked before its data is read).
+NPZ_MAX_ARRAY_BYTES = 1 << 30
+
+
 def npz_pose_key(name: str) -> str:
     """The lowerCamel key a pose name has in ``bs_*.npz`` (``JawOpen`` -> ``jawOpen``)."""
     return name[:1].lower() + name[1:]
@@ -316,14 +320,41 @@ class _Ctx:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise self.fail(path, "<document>", f"malformed JSON ({err})", "valid JSON") from err
 
-    def npz(self, path: Path, referrer: Path, field: str) -> dict[str, np.ndarray]:
+    def npz(self, path: Path, referrer: Path, field: str,
+            keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """The arrays of an npz. Before any array data is read, the member names are checked
+        against ``keys`` (when given: exactly these) and every member's declared dtype and
+        shape against :data:`NPZ_MAX_ARRAY_BYTES`, so a small compressed file cannot make the
+        loader allocate a huge array it would reject anyway."""
         if not path.is_file():
             raise self.fail(referrer, field, "missing file " + str(path), "an existing .npz")
         try:
             with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
+                names = list(z.files)
+                if keys is not None and set(names) != set(keys):
+                    raise self.fail(path, "<arrays>", sorted(names), f"exactly {sorted(keys)}")
+                for name in names:
+                    self._check_npz_member(path, z.zip, name)
+                return {k: z[k] for k in names}
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
             raise self.fail(path, "<archive>", f"unreadable npz ({err})", "a numpy .npz") from err
+
+    def _check_npz_member(self, path: Path, zf: zipfile.ZipFile, name: str) -> None:
+        """Read only the ``.npy`` header of a member: dtype and shape it declares."""
+        with zf.open(name + ".npy") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                return  # a newer header format: numpy reads it with its own checks
+        if dtype.hasobject:
+            raise self.fail(path, name, f"dtype {dtype}", "a numeric or string array")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if nbytes > NPZ_MAX_ARRAY_BYTES:
+            raise self.fail(path, name, f"shape {shape} of {dtype} ({nbytes} bytes)",
+                            f"at most {NPZ_MAX_ARRAY_BYTES} bytes per array")
 
 
 def _get(ctx: _Ctx, src: Path, obj: Any, key: str, where: str = "") -> Any:
@@ -386,14 +417,6 @@ def _matrix(
     if a.shape != (rows, cols):
         raise ctx.fail(src, key, f"shape {list(a.shape)}", f"shape [{rows}, {cols}]")
     return np.asarray(a, dtype=np.float32)
-
-
-def _exact_keys(
-    ctx: _Ctx, src: Path, arrays: Mapping[str, np.ndarray], keys: Sequence[str]
-) -> None:
-    found = sorted(arrays)
-    if set(found) != set(keys):
-        raise ctx.fail(src, "<arrays>", found, f"exactly {sorted(keys)}")
 
 
 # --------------------------------------------------------------------------------------
@@ -751,8 +774,7 @@ def _load_regression(
     config, source_shot = _model_config(ctx, cfg_path, mj, "modelConfigPath", regression=True)
 
     data_path = ctx.resolve(mj, "modelDataPath", _get(ctx, mj, doc, "modelDataPath"))
-    arrays = ctx.npz(data_path, mj, "modelDataPath")
-    _exact_keys(ctx, data_path, arrays, REGRESSION_DATA_KEYS)
+    arrays = ctx.npz(data_path, mj, "modelDataPath", REGRESSION_DATA_KEYS)
     skin_pca = _matrix(ctx, data_path, arrays, "shapes_matrix_skin", s_skin, skin_n)
     tongue_pca = _matrix(ctx, data_path, arrays, "shapes_matrix_tongue", s_tongue, tongue_n)
     mean_skin = _array(ctx, data_path, arrays, "shapes_mean_skin", skin_n)
@@ -764,8 +786,8 @@ def _load_regression(
     del arrays
 
     emo_path = ctx.resolve(mj, "emotionDatabasePath", _get(ctx, mj, doc, "emotionDatabasePath"))
-    emo = ctx.npz(emo_path, mj, "emotionDatabasePath")
-    _exact_keys(ctx, emo_path, emo, ("emo_spec_names", "emo_spec_start", "emo_spec_size", "emo_db"))
+    emo = ctx.npz(emo_path, mj, "emotionDatabasePath",
+                  ("emo_spec_names", "emo_spec_start", "emo_spec_size", "emo_db"))
     names = [str(x) for x in emo["emo_spec_names"].reshape(-1).tolist()]
     starts = emo["emo_spec_start"].reshape(-1)
     sizes = emo["emo_spec_size"].reshape(-1)
@@ -880,8 +902,7 @@ def _load_diffusion(
             ctx, cfg_path, mj, f"modelConfigPaths[{i}]", regression=False
         )
         data_path = ctx.resolve(mj, f"modelDataPaths[{i}]", lists["modelDataPaths"][i])
-        arrays = ctx.npz(data_path, mj, f"modelDataPaths[{i}]")
-        _exact_keys(ctx, data_path, arrays, DIFFUSION_DATA_KEYS)
+        arrays = ctx.npz(data_path, mj, f"modelDataPaths[{i}]", DIFFUSION_DATA_KEYS)
         skin, tongue = _blendshape_pair(
             ctx,
             mj,

@@ -61,12 +61,18 @@ def parse_args(argv: Sequence[str] | None, base: BuilderConfig) -> BuilderConfig
     p.add_argument("--backoff-max-s", type=float, default=base.backoff_max_s,
                    help=f"longest retry delay (env {env('backoff_max_s')})")
     p.add_argument("--metrics-port", type=int, default=base.metrics_port,
-                   help=f"Prometheus port, 0 disables (env {env('metrics_port')}; "
-                        "default %(default)s)")
+                   help=f"Prometheus port, -1 disables, 0 picks a free one (env "
+                        f"{env('metrics_port')}; default %(default)s)")
     p.add_argument("--metrics-host", default=base.metrics_host,
                    help=f"metrics bind address (env {env('metrics_host')})")
     p.add_argument("--ort-threads", type=int, default=base.ort_threads,
                    help=f"ONNX Runtime threads, 0 = all (env {env('ort_threads')})")
+    p.add_argument("--engine-cache-keep", type=int, default=base.engine_cache_keep,
+                   help="cached engines no version uses, kept for rollbacks (env "
+                        f"{env('engine_cache_keep')}; default %(default)s)")
+    p.add_argument("--sweep-interval-s", type=float, default=base.sweep_interval_s,
+                   help="period of the sweep of dead builders' temp files (env "
+                        f"{env('sweep_interval_s')}; default %(default)s)")
     p.add_argument("--log-level", default=base.log_level,
                    help=f"logging level (env {env('log_level')}; default %(default)s)")
     a = p.parse_args(argv)
@@ -77,7 +83,8 @@ def parse_args(argv: Sequence[str] | None, base: BuilderConfig) -> BuilderConfig
             poll_interval_s=a.poll_interval_s, inotify=a.inotify, debounce_s=a.debounce_s,
             backoff_initial_s=a.backoff_initial_s, backoff_max_s=a.backoff_max_s,
             metrics_port=a.metrics_port, metrics_host=a.metrics_host,
-            ort_threads=a.ort_threads, log_level=a.log_level)
+            ort_threads=a.ort_threads, log_level=a.log_level,
+            engine_cache_keep=a.engine_cache_keep, sweep_interval_s=a.sweep_interval_s)
     except ValueError as err:
         p.error(str(err))
         raise  # unreachable: p.error exits
@@ -102,6 +109,7 @@ def run_once(builder: EngineBuilder, skip: bool, force: bool) -> int:
         outcome = builder.ensure(folder, force=force)
         if not outcome.ok:
             failed.append(outcome.model)
+    builder.collect_engine_cache()
     builder.hash_cache.save()
     if failed:
         logger.error("no valid engine for %d of %d model(s): %s", len(failed), len(folders),
@@ -129,13 +137,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("Initializing engine builder: root %s, backend %s (%s), precision %s",
                 cfg.models_root, backend_name, why, cfg.precision)
     metrics = BuilderMetrics(CollectorRegistry())
-    if cfg.metrics_port:
+    if cfg.metrics_port >= 0:
         from prometheus_client import start_http_server
 
-        start_http_server(cfg.metrics_port, cfg.metrics_host, registry=metrics.registry)
-        logger.info("metrics on http://%s:%d/metrics", cfg.metrics_host, cfg.metrics_port)
+        server, _thread = start_http_server(cfg.metrics_port, cfg.metrics_host,
+                                            registry=metrics.registry)
+        logger.info("metrics on http://%s:%d/metrics", cfg.metrics_host,
+                    server.server_address[1])
     cache = HashCache(hash_cache_path(cfg.models_root))
-    builder = EngineBuilder(cfg.models_root, backend, cache, metrics)
+    builder = EngineBuilder(cfg.models_root, backend, cache, metrics,
+                            engine_cache_keep=cfg.engine_cache_keep)
 
     if cfg.once:
         rc = run_once(builder, cfg.skip_build, cfg.force_rebuild)
@@ -156,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         daemon = BuildDaemon(builder, poll_interval_s=cfg.poll_interval_s,
                              debounce_s=cfg.debounce_s, inotify=cfg.inotify,
                              backoff_initial_s=cfg.backoff_initial_s,
-                             backoff_max_s=cfg.backoff_max_s, force_first=cfg.force_rebuild)
+                             backoff_max_s=cfg.backoff_max_s, force_first=cfg.force_rebuild,
+                             sweep_interval_s=cfg.sweep_interval_s)
         daemon.start()
     stop.wait()
     if daemon is not None:

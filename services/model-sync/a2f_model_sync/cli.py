@@ -22,9 +22,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from a2f_model_sync.config import ENV_PREFIX, SyncConfig
+from a2f_model_sync.connect import open_source
 from a2f_model_sync.health import HealthServer
 from a2f_model_sync.metrics import SyncMetrics
-from a2f_model_sync.s3source import SourceError, open_source
+from a2f_model_sync.readiness import ReadinessGate
+from a2f_model_sync.source import SourceError
 from a2f_model_sync.sync import ModelSync, RunReport
 from a2f_volume.errors import InvalidArgumentError
 
@@ -49,8 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delete", action="store_const", const=True,
                    help="remove models that are gone from the source (default: keep them)")
     p.add_argument("--adopt", action="store_const", const=True,
-                   help="move a plain model directory into the versions store instead of "
-                   "refusing to replace it")
+                   help="move a plain model directory (the seed's layout) into the versions "
+                   "store once the source can be listed, keeping files that match it "
+                   "(default)")
+    p.add_argument("--no-adopt", dest="adopt", action="store_const", const=False,
+                   help="refuse plain model directories (error kind plain_folder)")
     p.add_argument("--max-concurrency", type=int, help="parallel GETs (default 10)")
     p.add_argument("--multipart-chunk-bytes", type=int,
                    help="ranged-GET size for large objects (default 8 MiB)")
@@ -60,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="/ready, /healthz, /metrics port (default 9103; -1 disables)")
     p.add_argument("--grace-s", type=float, help="old versions live at least this long (600)")
     p.add_argument("--keep-versions", type=int, help="old versions kept at most (default 2)")
+    p.add_argument("--engine-cache-keep", type=int,
+                   help="cached engines no version uses, kept for rollbacks (default 1)")
     p.add_argument("--once-attempts", type=int, help="passes tried by --once (default 3)")
     p.add_argument("--s3-max-attempts", type=int,
                    help="attempts per S3 request with exponential back-off (default 6)")
@@ -109,18 +116,24 @@ def run_once(sync: ModelSync, attempts: int, stop: threading.Event) -> int:
 
 def run_daemon(sync: ModelSync, config: SyncConfig, health: HealthServer | None,
                stop: threading.Event) -> int:
+    """Passes every interval; failed passes retried with exponential back-off and jitter.
+
+    Readiness (:mod:`.readiness`) is checked before the first pass, so a volume that already
+    holds complete models is ready at once even if the source cannot be reached.
+    """
+    gate = ReadinessGate(sync.root, sync.metrics, health.ready if health is not None else None)
+    gate.check(listed=None)
     failures = 0
     rng = random.Random()
     while not stop.is_set():
         report = sync.run()
         if report.result == "interrupted":
             break
+        gate.check(report.listed, sync.source_problem(report))
         if report.matched:
+            if failures:
+                logger.info("pass succeeded after %d failed pass(es)", failures)
             failures = 0
-            if health is not None and not health.ready.is_set():
-                health.ready.set()
-                sync.metrics.ready.set(1)
-                logger.info("first complete sync done: ready")
             delay = config.interval_s * (1 + rng.uniform(0, config.jitter_fraction))
         else:
             failures += 1
