@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -98,7 +99,7 @@ def test_failing_model_backs_off_and_recovers_when_fixed(
                 if (m := pattern.match(r.getMessage()))]
     assert [n for n, _, _ in attempts[:3]] == [1, 2, 3]
     assert [d for _, d, _ in attempts[:3]] == [0.4, 0.8, 1.6]  # doubled, capped at the max
-    for (_, delay, t_prev), (_, _, t_next) in zip(attempts, attempts[1:], strict=False):
+    for (_, delay, t_prev), (_, _, t_next) in itertools.pairwise(attempts):
         assert t_next - t_prev >= delay * 0.9  # a retry never comes before its back-off
 
     tmp = bad / "network.onnx.partial"

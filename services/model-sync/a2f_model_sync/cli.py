@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-cache-keep", type=int,
                    help="cached engines no version uses, kept for rollbacks (default 1)")
     p.add_argument("--once-attempts", type=int, help="passes tried by --once (default 3)")
+    p.add_argument("--retry-max-s", type=float,
+                   help="longest back-off between failed passes of the daemon (default 300)")
     p.add_argument("--s3-max-attempts", type=int,
                    help="attempts per S3 request with exponential back-off (default 6)")
     p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
