@@ -75,9 +75,12 @@ def test_failing_model_backs_off_and_recovers_when_fixed(
         models_root: Path, daemon: BuildDaemon, registry: CollectorRegistry,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    bad = make_model(models_root, "bad")
-    good_onnx = (bad / "network.onnx").read_bytes()
-    (bad / "network.onnx").write_bytes(b"\x08\x07garbage")
+    # The broken model appears complete, in one rename: every attempt sees the same bytes.
+    staged = make_model(models_root.parent, "bad")
+    good_onnx = (staged / "network.onnx").read_bytes()
+    (staged / "network.onnx").write_bytes(b"\x08\x07garbage")
+    bad = models_root / "bad"
+    os.rename(staged, bad)
     make_model(models_root, "good", seed=5)
     wait_for(lambda: is_valid(models_root / "good"))
 

@@ -74,7 +74,7 @@ logger = logging.getLogger(__name__)
 _OUR_TEMP = re.compile(r"\.a2f-tmp-(\d+)-[0-9a-f]+(\.[a-z]+)?$")
 # When this process started: a temp name carrying our pid but older than this was written by
 # an earlier process with the same pid (a container's entrypoint is PID 1 after each restart).
-_PROCESS_STARTED = time.time()
+PROCESS_STARTED = time.time()
 STALE_TEMP_AGE_S = 24 * 3600.0  # untouched this long: stale whoever wrote it
 
 
@@ -110,7 +110,7 @@ _ENGINE_TEMP_PREFIXES = tuple(f".{n}" for n in (
 def _writer_gone(pid: int, mtime: float) -> bool:
     """True if the process that wrote a temp file (pid in its name) no longer runs."""
     if pid == os.getpid():
-        return mtime < _PROCESS_STARTED  # an earlier process that had our pid
+        return mtime < PROCESS_STARTED  # an earlier process that had our pid
     return not _pid_alive(pid)
 
 
