@@ -36,13 +36,15 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from a2f_model_sync.adoption import verified_record
 from a2f_model_sync.config import SyncConfig
+from a2f_model_sync.downloads import DownloadProgress, wait_all_or_first_error
+from a2f_model_sync.housekeeping import collect_garbage, disk_free_bytes, mirror_removals
 from a2f_model_sync.listing import group_by_model
 from a2f_model_sync.manifest import ModelPlan, plan_model
 from a2f_model_sync.metrics import SyncMetrics
@@ -56,16 +58,12 @@ from a2f_model_sync.source import (
     TransferOptions,
 )
 from a2f_volume import versions
-from a2f_volume.engine_cache import collect_cached_engines
 from a2f_volume.errors import A2FError
 from a2f_volume.layout import (
-    VERSIONS_DIR,
     is_model_name,
     is_temp_name,
     locks_dir,
-    model_entries,
     staging_dir,
-    state_dir,
     versions_dir,
 )
 from a2f_volume.lock import FileLock
@@ -76,7 +74,6 @@ logger = logging.getLogger(__name__)
 
 SYNC_LOCK_NAME = "model-sync.lock"
 OUR_TEMP_MARK = ".a2f-tmp-"  # the mark of a2f_volume.layout.temp_name
-_PROGRESS_EVERY_S = 5.0
 _DISK_MARGIN_BYTES = 16 << 20
 
 
@@ -110,40 +107,6 @@ class RunReport:
     def matched(self) -> bool:
         """The volume holds exactly the source's state for every source model."""
         return self.result == "success"
-
-
-class _Progress:
-    """Thread-safe byte counter that logs progress of large downloads every few seconds."""
-
-    def __init__(self, total_bytes: int, total_objects: int, metrics: SyncMetrics) -> None:
-        self.total = total_bytes
-        self.objects_total = total_objects
-        self.done = 0
-        self.objects_done = 0
-        self._metrics = metrics
-        self._lock = threading.Lock()
-        self._start = time.monotonic()
-        self._last_log = self._start
-
-    def add(self, n: int) -> None:
-        self._metrics.bytes_downloaded.inc(n)
-        with self._lock:
-            self.done += n
-            now = time.monotonic()
-            if now - self._last_log < _PROGRESS_EVERY_S:
-                return
-            self._last_log = now
-            done, objs = self.done, self.objects_done
-        rate = done / max(now - self._start, 1e-6)
-        logger.info(
-            "downloading: %.1f/%.1f MiB (%.0f%%), %d/%d objects, %.1f MiB/s",
-            done / 2**20, self.total / 2**20, 100.0 * done / max(self.total, 1), objs,
-            self.objects_total, rate / 2**20,
-        )
-
-    def object_done(self) -> None:
-        with self._lock:
-            self.objects_done += 1
 
 
 class ModelSync:
@@ -350,7 +313,7 @@ class ModelSync:
             return
         total = sum(p.fetch_bytes for p in plans.values())
         count = sum(len(p.fetch) for p in plans.values())
-        progress = _Progress(total, count, self.metrics)
+        progress = DownloadProgress(total, count, self.metrics)
         workers = self.config.max_concurrency
         with ThreadPoolExecutor(workers, thread_name_prefix="a2f-get") as pool, \
                 ThreadPoolExecutor(min(4, len(plans)), thread_name_prefix="a2f-model") as mpool:
@@ -437,7 +400,7 @@ class ModelSync:
         plan: ModelPlan,
         listed: dict[str, SourceObject],
         pool: ThreadPoolExecutor,
-        progress: _Progress,
+        progress: DownloadProgress,
     ) -> tuple[str, int, int]:
         model = plan.model
         folder = self.root / model
@@ -463,7 +426,7 @@ class ModelSync:
             for path, obj in plan.fetch.items():
                 (stage / path).parent.mkdir(parents=True, exist_ok=True)
                 futs[path] = pool.submit(self._fetch_one, obj, stage / path, opts, progress)
-            _wait_all_or_first_error(futs.values(), opts.stop)
+            wait_all_or_first_error(futs.values(), opts.stop)
             nbytes = 0
             for path, fut in futs.items():
                 got = fut.result()
@@ -503,7 +466,7 @@ class ModelSync:
         return record.version_id, len(futs), nbytes
 
     def _fetch_one(self, obj: SourceObject, dest: Path, opts: TransferOptions,
-                   progress: _Progress) -> Downloaded:
+                   progress: DownloadProgress) -> Downloaded:
         got = self.source.download(obj, dest, opts)
         if got.restarts:
             self.metrics.download_restarts.inc(got.restarts)
@@ -512,60 +475,14 @@ class ModelSync:
         return got
 
     def _mirror_removals(self, source_models: set[str], report: RunReport) -> None:
-        for entry in list_dir(self.root):
-            name = entry.name
-            if not is_model_name(name) or name in source_models:
-                continue
-            if not versions.is_managed(entry):
-                continue  # a plain folder is never touched
-            if self.config.delete:
-                versions.unpublish(self.root, name)
-                report.removed.append(name)
-                logger.info("model %s is gone from %s: removed (--delete)", name,
-                            self.source.url)
-            else:
-                report.kept_without_delete.append(name)
-                logger.info("model %s is gone from %s: kept (pass --delete to mirror "
-                            "removals)", name, self.source.url)
+        removed, kept = mirror_removals(self.root, source_models, self.config.delete,
+                                        self.source.url)
+        report.removed.extend(removed)
+        report.kept_without_delete.extend(kept)
 
     def _collect_garbage(self, engine_keep: int | None = None) -> None:
-        """Old versions of every model (each on its own), then unused cached engines."""
-        vroot = state_dir(self.root) / VERSIONS_DIR
-        for entry in model_entries(vroot):
-            try:
-                versions.collect_garbage(self.root, entry.name, keep=self.config.keep_versions,
-                                         grace_s=self.config.grace_s)
-            except (OSError, A2FError) as err:
-                logger.warning("garbage collection of %s failed: %s", entry.name, err)
-            with contextlib.suppress(OSError):
-                if not any(entry.iterdir()) and not (self.root / entry.name).is_symlink():
-                    entry.rmdir()
-        keep = self.config.engine_cache_keep if engine_keep is None else engine_keep
-        try:
-            collect_cached_engines(self.root, keep)
-        except OSError as err:
-            logger.warning("garbage collection of the engine cache failed: %s", err)
-
-
-def _wait_all_or_first_error(futs: Iterable[Future[Downloaded]], stop: StopFlag) -> None:
-    """Wait for all downloads of a model; on the first failure stop the others and re-raise
-    that failure (not the Interrupted of the siblings it stopped)."""
-    pending = set(futs)
-    while pending:
-        done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-        failed = [f for f in done if not f.cancelled() and f.exception() is not None]
-        if failed:
-            stop.set()
-            for f in pending:
-                f.cancel()
-            wait(pending)
-            errors = [f.exception() for f in failed]
-            real = [e for e in errors if not isinstance(e, Interrupted)]
-            raise (real or errors)[0]  # type: ignore[misc]
-
-
-def disk_free_bytes(path: Path) -> int:
-    return shutil.disk_usage(path).free
+        collect_garbage(self.root, self.config.keep_versions, self.config.grace_s,
+                        self.config.engine_cache_keep if engine_keep is None else engine_keep)
 
 
 def _fsync_tree(top: Path) -> None:
