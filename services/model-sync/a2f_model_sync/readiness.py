@@ -110,9 +110,10 @@ class ReadinessGate:
         if should and not missing:
             self.ready.set()
             self.metrics.ready.set(1)
-            how = "listed by the source" if listed is not None else "on the volume"
-            logger.info("ready: the volume holds a complete version of every model %s "
-                        "(%s)%s", how, ", ".join(should),
+            how = ("first complete sync done: ready (every model of the source is complete on "
+                   "the volume" if listed is not None else
+                   "ready from the volume (every model on it is complete")
+            logger.info("%s: %s)%s", how, ", ".join(should),
                         "" if not source_problem else
                         f"; the source cannot be reached ({source_problem}), so they are "
                         "served as they are and the sync retries in the background")
