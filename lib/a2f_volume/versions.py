@@ -75,7 +75,7 @@ from a2f_volume.version_record import (
 __all__ = [
     "DEFAULT_GRACE_S", "DEFAULT_KEEP", "LEASE_FILE", "RECORD_SCHEMA", "ObjectRecord",
     "VersionError", "VersionRecord", "adopt", "carry_over", "collect_garbage",
-    "current_version", "is_foreign_file", "is_leased", "is_managed", "link_or_copy",
+    "current_version", "is_foreign_file", "is_leased", "is_managed", "link_new_file",
     "list_versions", "new_version_id", "pin", "read_record", "switch", "unpublish",
     "version_dir_of", "write_record",
 ]
