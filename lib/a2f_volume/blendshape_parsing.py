@@ -18,8 +18,8 @@ from a2f_volume.folder_parsing import (
     short_value,
 )
 from a2f_volume.model_spec import (
-    _BS_DEFAULTS,
     ARKIT_SKIN_NPZ_KEYS,
+    BLENDSHAPE_PARAM_DEFAULTS,
     TONGUE_NAMES,
     BlendshapeParams,
     BlendshapeSet,
@@ -47,7 +47,8 @@ def blendshape_params(ctx: LoadContext, src: Path | None, n: int) -> BlendshapeP
                 )
 
     def scalar(key: str) -> float:
-        return num_field(ctx, cfg_src, "blendshape_params." + key, bp.get(key, _BS_DEFAULTS[key]))
+        return num_field(ctx, cfg_src, "blendshape_params." + key,
+                         bp.get(key, BLENDSHAPE_PARAM_DEFAULTS[key]))
 
     def vector(key: str, default: list[Any], kind: str) -> list[Any]:
         v = bp.get(key, default)

@@ -105,7 +105,7 @@ EYES_SIZE = 4  # rX, rY, lX, lY
 SACCADE_LEN = 5000
 
 # Defaults of bs_*_config.json when a value (or the whole file) is absent.
-_BS_DEFAULTS = {
+BLENDSHAPE_PARAM_DEFAULTS = {
     "strengthL1regularization": 1.0,
     "strengthL2regularization": 3.5,
     "strengthTemporalSmoothing": 0.0,
