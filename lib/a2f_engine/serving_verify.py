@@ -177,9 +177,9 @@ def run_graph(engine: Engine, feeds: Mapping[str, np.ndarray],
               resident: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``engine.run`` with the resident inputs: set once through the engine's
     ``set_resident_input`` when it has one, else added to the feeds."""
-    setter = getattr(engine, "set_resident_input", None)
-    if setter is None:
+    if getattr(engine, "set_resident_input", None) is None:
         return engine.run({**feeds, **resident})
+    set_resident(engine, resident)
     return engine.run(dict(feeds))
 
 
