@@ -4,10 +4,7 @@ the source, a full disk. Real S3 server (moto) on loopback, real files, a real t
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,21 +91,6 @@ def test_reserved_engine_and_bad_keys_are_skipped_once_and_never_republish(
         sync.source.close()
 
 
-@pytest.fixture
-def small_volume(tmp_path: Path) -> Iterator[Path]:
-    """A 40 MiB tmpfs: a volume that fills up for real."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; the disk-full test runs as root in CI")
-    mnt = tmp_path / "small-volume"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_disk_recovers_by_itself_once_gc_can_free_space(
