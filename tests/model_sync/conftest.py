@@ -73,7 +73,9 @@ def upload_model(s3: Any, bucket: str, prefix: str, model: str, files: dict[str,
 
 def read_consistent(folder: Path) -> int:
     """Read model.json and every file it names from one resolved directory; return the
-    generation, raise AssertionError on any mismatch."""
+    generation, raise AssertionError on any mismatch. The link is resolved once, as a reader of
+    the volume must: resolving it per file could mix two published versions."""
+    folder = folder.resolve()
     doc = json.loads((folder / "model.json").read_bytes())
     for rel, digest in doc["files"].items():
         data = (folder / rel).read_bytes()
