@@ -129,7 +129,11 @@ class InferenceServer:
         if self._stopping:
             return
         names = self.registry.names()
-        for name in set(names) | self._health_models:  # per model: a2f.model.<name>
+        known = set(self.reloader.status()) if self.reloader is not None else set()
+        # per model: a2f.model.<name>; NOT_SERVING for a model found but not served (the
+        # reason is in ModelAdmin and the log)
+        self._health_models |= known
+        for name in set(names) | self._health_models:
             await self.health.set(health_service_name(name),
                                   health_pb2.HealthCheckResponse.SERVING if name in names
                                   else health_pb2.HealthCheckResponse.NOT_SERVING)
