@@ -349,3 +349,29 @@ def test_idle_connections_are_closed(srv: RunningServer) -> None:
     with socket.create_connection((host, int(port)), timeout=2):
         pass
 
+
+
+def test_slow_feed_and_stream_wall_time(standin_root: Path) -> None:
+    """A client at half real time is cut by min_feed_rate after slow_feed_s; a real-time
+    client longer than max_stream_s is cut at max_stream_s (both short here)."""
+    pcm = synthetic_speech(8.0, RATE)
+
+    def paced(step_s: float, chunk_s: float) -> Iterator[Req]:
+        reqs = build_requests(pcm, RATE, chunk_s=chunk_s)
+        t0 = time.monotonic()
+        for i, req in enumerate(reqs):
+            delay = t0 + max(0, i - 1) * step_s - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            yield req
+
+    with run_server(standin_root, slow_feed_s=1.0, max_stream_s=4.0) as s:
+        slow = _sync_call(s.address, paced(0.4, 0.2))  # 0.5 audio s per wall s
+        long = _sync_call(s.address, paced(0.2, 0.2))  # real time, 8 s of audio
+        assert s.sample("a2f_inference_limit_cuts_total", {"limit": "min_feed_rate"}) == 1
+        assert s.sample("a2f_inference_limit_cuts_total", {"limit": "max_stream_s"}) == 1
+        run(_poll(lambda: s.server.registry.open_streams == 0, 1.0, "both slots freed"))
+    assert slow[0] == grpc.StatusCode.DEADLINE_EXCEEDED, slow
+    assert "min_feed_rate" in slow[1] and "for more than 1 s (slow_feed_s)" in slow[1]
+    assert long[0] == grpc.StatusCode.DEADLINE_EXCEEDED, long
+    assert "stream open longer than 4 s (max_stream_s)" in long[1]

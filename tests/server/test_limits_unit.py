@@ -53,7 +53,7 @@ def test_keyframe_caps_name_the_limit() -> None:
     with pytest.raises(KeyframeLimitError, match="max_keyframes_per_message") as err:
         check_keyframes(cfg, 11, 0)
     assert limit_of(err.value) == "max_keyframes_per_message"
-    with pytest.raises(KeyframeLimitError, match="26 emotion keyframes.*max_keyframes_per_stream"):
+    with pytest.raises(KeyframeLimitError, match=r"26 emotion keyframes.*max_keyframes_per_stream"):
         check_keyframes(cfg, 10, 16)
 
 
