@@ -169,7 +169,7 @@ def test_idle_stream_past_the_timeout_is_deadline_exceeded(server: RunningServer
     # The module's server times out after 1.5 s of silence; the client pauses 2.5 s.
     reqs = [_header(), _audio(0.5), _audio(0.5), _END]
     r = _beside_good_stream(server, _raw(server.address, reqs, pace_s=2.5))
-    _assert_error(r, grpc.StatusCode.DEADLINE_EXCEEDED, "no message from the client for 1.5 s")
+    _assert_error(r, grpc.StatusCode.DEADLINE_EXCEEDED, "no audio from the client for 1.5 s")
 
 
 def _wait_for(cond: Any, timeout_s: float = 10.0) -> None:

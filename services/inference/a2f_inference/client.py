@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import json
 import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import grpc
 
@@ -213,6 +215,21 @@ async def stream_audio(
     return result
 
 
+#: Client-side load-balancing policies: ``pick_first`` (gRPC's default: one connection) or
+#: ``round_robin`` (every address the name resolves to; with ``dns:///<headless service>``
+#: the calls of one channel spread over the ready pods).
+LbPolicy = Literal["pick_first", "round_robin"]
+LB_POLICIES: tuple[LbPolicy, ...] = get_args(LbPolicy)
+
+
+def channel_options(lb_policy: LbPolicy | None = None) -> list[tuple[str, str]]:
+    """Channel arguments of the client; ``lb_policy`` through the channel's service config."""
+    if lb_policy is None:
+        return []
+    return [("grpc.service_config",
+             json.dumps({"loadBalancingConfig": [{lb_policy: {}}]}))]
+
+
 def next_output_dir(out: Path) -> Path:
     """``out/output_000001``, or the next number not taken yet."""
     out.mkdir(parents=True, exist_ok=True)
@@ -236,7 +253,8 @@ def write_outputs(result: StreamResult, out_dir: Path, audio_rate: int) -> None:
 async def run_client(wav: Path, server: str, *, model: str | None = None,
                      identity: str | None = None, emotions: Sequence[EmotionKey] = (),
                      face_params: dict[str, float] | None = None, out: Path = Path("."),
-                     quiet: bool = False, realtime: bool = False) -> tuple[StreamResult, Path]:
+                     quiet: bool = False, realtime: bool = False,
+                     lb_policy: LbPolicy | None = None) -> tuple[StreamResult, Path]:
     """Stream one WAV file and write the outputs; returns the result and the output folder."""
     pcm, rate = read_wav(wav)
     requests = build_requests(pcm, rate, emotions=emotions, face_params=face_params)
@@ -251,7 +269,7 @@ async def run_client(wav: Path, server: str, *, model: str | None = None,
             print(f"  {len(r.time_codes)} frames received, up to {t:.2f}s of {seconds:.2f}s",
                   flush=True)
 
-    async with grpc.aio.insecure_channel(server) as channel:
+    async with grpc.aio.insecure_channel(server, options=channel_options(lb_policy)) as channel:
         stub = audio2face_pb2_grpc.A2FControllerServiceStub(channel)
         if not quiet:
             print(f"streaming {wav} ({seconds:.2f}s at {rate} Hz) to {server}", flush=True)
@@ -285,7 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="a2f-client", description="Stream a 16-bit mono WAV through an Audio2Face-3D "
         "server and save the animation (animation_frames.csv) and audio (out.wav).")
     p.add_argument("wav", type=Path, help="16-bit mono PCM WAV file")
-    p.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT (default %(default)s)")
+    p.add_argument("--server", default="127.0.0.1:50051",
+                   help="HOST:PORT, or a gRPC target such as dns:///a2f-inference-headless:50051 "
+                   "(default %(default)s)")
+    p.add_argument("--lb-policy", choices=LB_POLICIES, default=None,
+                   help="client-side load balancing over the addresses the server name "
+                   "resolves to; round_robin with a dns:/// target of a headless Service "
+                   "spreads streams over pods (default: gRPC's pick_first)")
     p.add_argument("--model", help="model folder name (request metadata x-a2f-model)")
     p.add_argument("--identity", help="identity of a multi-identity model (x-a2f-identity)")
     p.add_argument("--emotion", action="append", type=EmotionKey.parse, default=[],
@@ -307,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result, _ = asyncio.run(run_client(
             args.wav, args.server, model=args.model, identity=args.identity,
             emotions=args.emotion, face_params=dict(args.face_param), out=args.out,
-            quiet=args.quiet, realtime=args.realtime))
+            quiet=args.quiet, realtime=args.realtime, lb_policy=args.lb_policy))
     except (WavFormatError, FileNotFoundError) as err:
         print(f"a2f-client: {err}", file=sys.stderr)
         return 2

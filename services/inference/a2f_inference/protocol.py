@@ -11,3 +11,6 @@ MODEL_METADATA = "x-a2f-model"
 IDENTITY_METADATA = "x-a2f-identity"
 #: Response initial metadata: the model version the stream runs on to its end.
 VERSION_METADATA = "x-a2f-model-version"
+#: gRPC health service name of liveness: SERVING while the process and its event loop answer,
+#: whatever the models (readiness is the overall service name ``""``).
+LIVENESS_SERVICE = "liveness"

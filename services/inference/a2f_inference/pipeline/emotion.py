@@ -10,7 +10,6 @@ the model's ``default_emotion``) applies. A keyframe at a time already present r
 
 from __future__ import annotations
 
-import bisect
 import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,39 +47,97 @@ def parse_keyframes(keyframes: Iterable[Keyframe]) -> list[tuple[float, np.ndarr
 
 
 class EmotionTrack:
-    """The explicit emotion curve of one stream (thread-safe)."""
+    """The explicit emotion curve of one stream (thread-safe).
+
+    The keyframes are held as the interpolation tables themselves: a sorted float64 array of
+    times and a float32 ``[n, 10]`` array of values, grown by doubling. :meth:`add` finds each
+    new keyframe's place by binary search (O(log n) per keyframe) and merges a whole batch in
+    one vectorised copy; keyframes later than the last one (the usual case) are appended in
+    amortised O(1). :meth:`at` interpolates straight from the tables, so its cost does not
+    grow with the number of keyframes beyond the binary search. Callers bound the count (the
+    server caps keyframes per message and per stream before they reach the track).
+    """
 
     def __init__(self, start: Sequence[float] | np.ndarray) -> None:
         self._start = np.asarray(start, dtype=np.float32).copy()
-        self._times: list[float] = []
-        self._values: list[np.ndarray] = []
+        self._n = 0
+        self._times = np.empty(16, dtype=np.float64)
+        self._values = np.empty((16, self._start.shape[0]), dtype=np.float32)
         self._lock = threading.Lock()
 
     @property
     def size(self) -> int:
         return int(self._start.shape[0])
 
+    def __len__(self) -> int:
+        return self._n
+
     def add(self, keyframes: Iterable[Keyframe]) -> None:
-        """Validate and merge keyframes (all or nothing)."""
+        """Validate and merge keyframes (all or nothing); a later keyframe at a time already
+        present replaces it."""
         parsed = parse_keyframes(keyframes)
+        if not parsed:
+            return
+        # one keyframe per time within the batch, the last given wins
+        batch: dict[float, np.ndarray] = {}
+        for t, vec in parsed:
+            batch[t] = vec
+        times = np.fromiter(batch.keys(), dtype=np.float64, count=len(batch))
+        values = np.stack(list(batch.values()))
+        order = np.argsort(times, kind="stable")
+        times, values = times[order], values[order]
         with self._lock:
-            for t, vec in parsed:
-                i = bisect.bisect_left(self._times, t)
-                if i < len(self._times) and self._times[i] == t:
-                    self._values[i] = vec
-                else:
-                    self._times.insert(i, t)
-                    self._values.insert(i, vec)
+            self._merge(times, values)
+
+    def _merge(self, times: np.ndarray, values: np.ndarray) -> None:
+        n = self._n
+        kt = self._times[:n]
+        pos = np.searchsorted(kt, times)  # binary search per keyframe
+        same = (pos < n) & (kt[np.minimum(pos, max(n - 1, 0))] == times) if n else \
+            np.zeros(times.size, dtype=bool)
+        new = ~same
+        added = int(new.sum())
+        if same.any():
+            self._values[pos[same]] = values[same]
+        if not added:
+            return
+        times, values, pos = times[new], values[new], pos[new]
+        self._reserve(n + added)
+        if pos[0] == n:  # all after the last keyframe: append
+            self._times[n:n + added] = times
+            self._values[n:n + added] = values
+        else:
+            self._times[:n + added] = np.insert(kt, pos, times)
+            self._values[:n + added] = np.insert(self._values[:n], pos, values, axis=0)
+        self._n = n + added
+
+    def _reserve(self, need: int) -> None:
+        cap = self._times.shape[0]
+        if need <= cap:
+            return
+        while cap < need:
+            cap *= 2
+        times = np.empty(cap, dtype=np.float64)
+        values = np.empty((cap, self.size), dtype=np.float32)
+        times[:self._n] = self._times[:self._n]
+        values[:self._n] = self._values[:self._n]
+        self._times, self._values = times, values
 
     def at(self, times_s: np.ndarray) -> np.ndarray:
         """Emotion values at each time: float32 [len(times_s), 10]."""
         times = np.asarray(times_s, dtype=np.float64).reshape(-1)
         with self._lock:
-            if not self._times:
+            n = self._n
+            if n == 0:
                 return np.broadcast_to(self._start, (times.size, self.size)).copy()
-            kt = np.asarray(self._times, dtype=np.float64)
-            kv = np.stack(self._values)
-        out = np.empty((times.size, self.size), dtype=np.float32)
-        for c in range(self.size):
-            out[:, c] = np.interp(times, kt, kv[:, c])
-        return out
+            kt = self._times[:n]
+            kv = self._values[:n]
+            if n == 1:
+                return np.broadcast_to(kv[0], (times.size, self.size)).copy()
+            # segment j spans kt[j]..kt[j+1]; outside the keyframes the end values hold
+            j = np.clip(np.searchsorted(kt, times, side="right") - 1, 0, n - 2)
+            t0, t1 = kt[j], kt[j + 1]
+            w = np.clip((times - t0) / (t1 - t0), 0.0, 1.0)[:, None]
+            v0 = kv[j].astype(np.float64)
+            out = v0 + (kv[j + 1] - v0) * w
+        return out.astype(np.float32)

@@ -29,10 +29,12 @@ from a2f_inference.proto_gen.nvidia_audio2face_3d import (
     audio2face_pb2,
     audio2face_pb2_grpc,
 )
+from a2f_inference.protocol import LIVENESS_SERVICE
 from a2f_inference.server.config import ServerConfig
+from a2f_inference.server.limits import server_options
 from a2f_inference.server.metrics import InferenceMetrics
 from a2f_inference.server.model import LoadedModel
-from a2f_inference.server.modes import as_engine_policy
+from a2f_inference.server.modes import as_engine_policy, needs_built_engine
 from a2f_inference.server.registry import ModelRegistry
 from a2f_inference.server.reload import ModelReloader, health_service_name
 from a2f_inference.server.servicers import (
@@ -48,7 +50,7 @@ SERVICE_NAMES = (
     a2x_export_config_pb2.DESCRIPTOR.services_by_name["A2XExportConfigService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name,
 )
-# 16 MiB: a 10 s buffer at 144 kHz is 2.9 MB; leave room.
+# Responses are one frame each; the receive cap comes from the limits (server_options).
 _MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
@@ -74,7 +76,7 @@ class InferenceServer:
             self.reloader = ModelReloader(
                 config.models_root, self.registry, self.registry.load_version,
                 check_engine=self.registry.engines,
-                require_built_engine=as_engine_policy(config.engine_policy) == "require-built",
+                require_built_engine=needs_built_engine(as_engine_policy(config.engine_policy)),
                 poll_interval_s=config.reload_poll_s, debounce_s=config.reload_debounce_s,
                 use_inotify=config.hot_reload == "inotify", metrics=self.metrics,
                 on_change=self._model_changed)
@@ -82,7 +84,7 @@ class InferenceServer:
 
     async def start(self, load_models: bool = True) -> None:
         server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            *server_options(self.config),
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ])
@@ -102,6 +104,7 @@ class InferenceServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await server.start()
         self._server = server
         log.info("listening on %s:%d (gRPC)", self.config.host, self.port)
@@ -126,7 +129,11 @@ class InferenceServer:
         if self._stopping:
             return
         names = self.registry.names()
-        for name in set(names) | self._health_models:  # per model: a2f.model.<name>
+        known = set(self.reloader.status()) if self.reloader is not None else set()
+        # per model: a2f.model.<name>; NOT_SERVING for a model found but not served (the
+        # reason is in ModelAdmin and the log)
+        self._health_models |= known
+        for name in set(names) | self._health_models:
             await self.health.set(health_service_name(name),
                                   health_pb2.HealthCheckResponse.SERVING if name in names
                                   else health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -143,6 +150,12 @@ class InferenceServer:
     async def _set_health(self, status: int) -> None:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
+
+    async def _not_ready_but_alive(self) -> None:
+        """Draining: every service name NOT_SERVING except liveness (the process still
+        answers; a liveness failure would restart the container mid-drain)."""
+        for name in ("", *SERVICE_NAMES, *(health_service_name(m) for m in self._health_models)):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def _start_reloader(self) -> None:
         """Watch the volume; return once the first pass loaded (or gave up on) every model."""
@@ -176,7 +189,7 @@ class InferenceServer:
         self._stopping = True
         grace = self.config.grace_s if grace_s is None else grace_s
         try:
-            await self.health.enter_graceful_shutdown()
+            await self._not_ready_but_alive()
             self.registry.stop_accepting()
             if self.reloader is not None:
                 await asyncio.to_thread(self.reloader.stop)

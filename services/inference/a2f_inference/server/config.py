@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from a2f_config import EnvLoader
+from a2f_inference.server.limits import check_limits
 from a2f_inference.server.modes import EnginePolicy, PostprocessMode
 from a2f_volume.errors import InvalidArgumentError
 
@@ -66,6 +67,31 @@ class ServerConfig:
         reload_poll_s: period of the full rescan of the models root (default 5).
         reload_debounce_s: quiet time after a change before the rescan (default 0.5).
         log_level: root log level name (default INFO).
+        max_keyframes_per_message: emotion keyframes one ``audio_with_emotion`` may carry;
+            more is INVALID_ARGUMENT, checked before any keyframe is read (default 300: one
+            per output frame of a 10 s buffer).
+        max_keyframes_per_stream: emotion keyframes a whole stream may send (default 9000:
+            one per output frame of a 300 s clip).
+        max_stream_s: a stream open longer than this (wall time, header to last frame) is
+            ended with DEADLINE_EXCEEDED (default 360: a 300 s clip at real time plus slack).
+        min_feed_rate: audio seconds a client must send per wall second once its audio
+            started; 0 turns the check off (default 0.967 = 29/30, NIM's 29 fps at 30 fps).
+        slow_feed_s: a client continuously behind ``min_feed_rate`` for longer than this is
+            ended with DEADLINE_EXCEEDED (default 7, as NIM).
+        client_read_timeout_s: a stream whose client takes no response for this long while
+            frames wait is ended and its slot freed (default 10).
+        keepalive_time_s: the server pings a connection after this long without activity
+            (default 60).
+        keepalive_timeout_s: a connection whose ping is not answered within this is closed
+            (default 20).
+        max_connection_idle_s: a connection with no open call for this long is closed with
+            GOAWAY (default 300).
+        max_connection_age_s: a connection older than this gets GOAWAY, so that long-lived
+            client channels reconnect and spread over the pods (default 300).
+        max_connection_age_grace_s: after that GOAWAY, how long the connection's open calls
+            get before it is closed (default 360 = ``max_stream_s``: no stream is cut).
+        handshake_timeout_s: a TCP connection that has not completed the HTTP/2 (or TLS)
+            handshake within this is closed (default 10).
     """
 
     models_root: Path = Path("/data/models")
@@ -89,6 +115,18 @@ class ServerConfig:
     reload_poll_s: float = 5.0
     reload_debounce_s: float = 0.5
     log_level: str = "INFO"
+    max_keyframes_per_message: int = 300
+    max_keyframes_per_stream: int = 9000
+    max_stream_s: float = 360.0
+    min_feed_rate: float = 0.967
+    slow_feed_s: float = 7.0
+    client_read_timeout_s: float = 10.0
+    keepalive_time_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
+    max_connection_idle_s: float = 300.0
+    max_connection_age_s: float = 300.0
+    max_connection_age_grace_s: float = 360.0
+    handshake_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -119,6 +157,7 @@ class ServerConfig:
              f"reload_poll_s {self.reload_poll_s}, expected 0.05..3600")
         need(0 <= self.reload_debounce_s <= 60,
              f"reload_debounce_s {self.reload_debounce_s}, expected 0..60")
+        check_limits(self, need)
 
     @property
     def default_model(self) -> str:

@@ -21,7 +21,7 @@ from a2f_engine.loader import load_engine
 from a2f_engine.onnxruntime_engine import OnnxRuntimeEngine, cpu_plan
 from a2f_engine.targets import choose_backend, current_target
 from a2f_inference.server.config import ServerConfig
-from a2f_inference.server.modes import as_engine_policy
+from a2f_inference.server.modes import EnginePolicy, as_engine_policy, needs_built_engine
 from a2f_volume import layout
 from a2f_volume.engine_record import EngineCheck, check_engine
 from a2f_volume.errors import A2FError, UnavailableError
@@ -84,10 +84,18 @@ class EngineChecker:
     hashes are cached by file identity, so rescans and loads do not re-read unchanged files.
     """
 
-    def __init__(self, hash_cache: HashCache | None = None) -> None:
+    def __init__(self, hash_cache: HashCache | None = None, *,
+                 tensorrt_only: bool = False) -> None:
         self.hash_cache = hash_cache if hash_cache is not None else HashCache()
+        self.tensorrt_only = tensorrt_only
         self._backends: list[str] | None = None
         self._why = ""  # why TensorRT is not among them
+
+    @classmethod
+    def for_policy(cls, policy: EnginePolicy, hash_cache: HashCache | None = None
+                   ) -> EngineChecker:
+        """The checker of an engine policy: ``require-tensorrt`` considers TensorRT only."""
+        return cls(hash_cache, tensorrt_only=policy == "require-tensorrt")
 
     def backends(self) -> list[str]:
         """Backends in the order engines are tried (TensorRT first when usable here)."""
@@ -101,6 +109,12 @@ class EngineChecker:
                 backends.insert(0, best)
             else:
                 self._why = why
+            if self.tensorrt_only:
+                backends = [b for b in backends if b == layout.BACKEND_TENSORRT]
+                if not backends:
+                    self._why = ("the engine policy is require-tensorrt and TensorRT is not "
+                                 f"usable here ({why})")
+                    log.error("%s: no model will be served", self._why)
             log.info("engines are checked for backends %s (%s)", backends, why)
             self._backends = backends
         return self._backends
@@ -122,6 +136,8 @@ class EngineChecker:
                 return EngineStatus("sha256:" + check.record.engine_sha256, backend,
                                     check.reason)
             reasons.append(f"{backend}: {check.reason}")
+        if self._why and self.tensorrt_only:
+            reasons.insert(0, self._why)
         return EngineStatus(None, "", "; ".join(reasons) or "no backend")
 
     def load(self, folder: Path, config: ServerConfig, max_batch: int) -> EngineChoice:
@@ -131,7 +147,14 @@ class EngineChecker:
         choice = self._built(folder, config, max_batch, reasons)
         if choice is not None:
             return choice
-        if as_engine_policy(config.engine_policy) == "require-built":
+        policy = as_engine_policy(config.engine_policy)
+        if self.tensorrt_only or policy == "require-tensorrt":
+            raise UnavailableError(
+                f"model {folder.name}: no valid TensorRT engine ({'; '.join(reasons)}) and "
+                "the engine policy is require-tensorrt: the model is not served on ONNX "
+                "Runtime; build a TensorRT engine on this GPU type (a2f-engine-builder "
+                "--backend tensorrt)")
+        if needs_built_engine(policy):
             raise UnavailableError(
                 f"model {folder.name}: no valid built engine ({'; '.join(reasons)}) and the "
                 "engine policy is require-built: run a2f-engine-builder, or use "

@@ -11,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from a2f_inference.pipeline import BatchStats
+from a2f_inference.server.limits import LIMITS
 
 STREAM_RESULTS = ("success", "error", "cancelled")
 LOAD_RESULTS = ("loaded", "failed")
@@ -70,9 +71,15 @@ class InferenceMetrics:
         self.model_load_seconds = Histogram(
             "model_load_seconds", "Time to load and warm up a model version.", ["model"],
             namespace=ns, buckets=_LOAD_BUCKETS, registry=reg)
+        self.limit_cuts = Counter(
+            "limit_cuts", "Streams ended by a server limit (also counted in errors_total "
+            "under their gRPC code), by the setting that tripped.", ["limit"], namespace=ns,
+            registry=reg)
         for code in grpc.StatusCode:
             if code is not grpc.StatusCode.OK:
                 self.errors.labels(code.name)
+        for limit in LIMITS:
+            self.limit_cuts.labels(limit)
 
     def init_model(self, model: str) -> None:
         """Pre-create a model's label values so that dashboards see zeros, not gaps."""

@@ -20,7 +20,7 @@ from a2f_inference.pipeline import BatchScheduler, ModelRuntime
 from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.engines import EngineChecker, model_max_batch
 from a2f_inference.server.metrics import BatchMetrics, InferenceMetrics
-from a2f_inference.server.modes import as_postprocess_mode
+from a2f_inference.server.modes import as_engine_policy, as_postprocess_mode
 from a2f_volume.versions import current_version
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ def load_model(folder: Path, config: ServerConfig, metrics: InferenceMetrics | N
     name = name or folder.name
     version = current_version(folder)
     max_batch = model_max_batch(folder, config.max_batch)
-    choice = (engines or EngineChecker()).load(folder, config, max_batch)
+    choice = (engines or EngineChecker.for_policy(as_engine_policy(config.engine_policy))
+              ).load(folder, config, max_batch)
     try:
         runtime = ModelRuntime(folder, choice.engine, max_batch=max_batch)
         scheduler = BatchScheduler(

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 #: Which engine a model is served with: ``require-built`` serves only a valid engine built
-#: for this machine; ``onnx-fallback`` serves ``network.onnx`` with ONNX Runtime meanwhile.
-EnginePolicy = Literal["require-built", "onnx-fallback"]
+#: for this machine; ``onnx-fallback`` serves ``network.onnx`` with ONNX Runtime meanwhile;
+#: ``require-tensorrt`` serves only a valid TensorRT engine (GPU nodes: never ONNX Runtime).
+EnginePolicy = Literal["require-built", "onnx-fallback", "require-tensorrt"]
 #: Where post-processing runs: ``overlap`` on its own thread while the engine runs the next
 #: batch; ``inline`` on the inference worker.
 PostprocessMode = Literal["overlap", "inline"]
@@ -21,6 +22,11 @@ def as_engine_policy(value: str) -> EnginePolicy:
         if value == policy:
             return policy
     raise ValueError(f"engine policy {value!r}, expected one of {ENGINE_POLICIES}")
+
+
+def needs_built_engine(policy: EnginePolicy) -> bool:
+    """Whether ``policy`` serves built engines only (never ``network.onnx`` directly)."""
+    return policy != "onnx-fallback"
 
 
 def as_postprocess_mode(value: str) -> PostprocessMode:

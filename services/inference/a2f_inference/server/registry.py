@@ -23,6 +23,7 @@ from a2f_inference.server.engines import EngineChecker
 from a2f_inference.server.memory import trim_memory
 from a2f_inference.server.metrics import InferenceMetrics
 from a2f_inference.server.model import LoadedModel, load_model
+from a2f_inference.server.modes import as_engine_policy
 from a2f_inference.server.warmup import warm_up_model
 from a2f_volume import layout
 from a2f_volume.errors import (
@@ -63,7 +64,8 @@ class ModelRegistry:
         self.config = config
         self.metrics = metrics
         #: The engine checker of every load, shared with the hot reloader (one hash cache).
-        self.engines = engines if engines is not None else EngineChecker()
+        self.engines = (engines if engines is not None else
+                        EngineChecker.for_policy(as_engine_policy(config.engine_policy)))
         self._loader = loader
         self._lock = threading.Lock()
         self._serving: dict[str, LoadedModel] = {}

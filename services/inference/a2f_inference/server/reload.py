@@ -336,7 +336,7 @@ class ModelReloader(Generic[M]):
         elif not engine.valid and self._require_built:
             self._wait(name, track, version, f"no valid engine yet ({engine.reason})",
                        f"version {version} is not served: no valid engine for this machine "
-                       f"and the engine policy is require-built: {engine.reason}")
+                       f"and the engine policy serves built engines only: {engine.reason}")
             return True
         resident = self._target.resident_versions(name)
         if resident >= self._max_resident:

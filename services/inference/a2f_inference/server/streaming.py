@@ -27,12 +27,16 @@ from a2f_inference.protocol import IDENTITY_METADATA, MODEL_METADATA, VERSION_ME
 from a2f_inference.server import params as stream_params
 from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.errors import to_status
+from a2f_inference.server.limits import (
+    WATCH_PERIOD_S,
+    StreamWatch,
+    TimeLimitError,
+    check_keyframes,
+    limit_of,
+)
 from a2f_inference.server.metrics import InferenceMetrics
 from a2f_inference.server.registry import LoadedModel, ModelRegistry
-from a2f_volume.errors import (
-    DeadlineExceededError,
-    InvalidArgumentError,
-)
+from a2f_volume.errors import InvalidArgumentError
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +95,18 @@ class AudioStreamCall:
         self._end_at = 0.0
         self._lookahead_s = 0.0
         self._result = "error"
+        # limits: only audio and end_of_audio push the idle deadline; the watch checks the rest
+        self._idle_deadline = self._loop.time() + config.idle_timeout_s
+        self._watch = StreamWatch(config, time.monotonic())
+        self._keyframes = 0
+        self._limit_error: BaseException | None = None
+        self._cut = False
 
     # -- the response iterator ----------------------------------------------------------------
     async def run(self, requests: AsyncIterator[messages_pb2.AudioWithEmotionStream],
                   context: grpc.aio.ServicerContext) -> AsyncIterator[Response]:
         reader: asyncio.Task[None] | None = None
+        watchdog: asyncio.Task[None] | None = None
         try:
             try:
                 self.model = self.registry.acquire(_metadata(context, MODEL_METADATA),
@@ -117,6 +128,8 @@ class AudioStreamCall:
                                            "audio_stream_header first")
             yield self._open(first, _metadata(context, IDENTITY_METADATA))
             reader = asyncio.create_task(self._read(requests))
+            watchdog = asyncio.create_task(
+                self._watchdog(context, (reader, asyncio.current_task())))
             async for msg in self._frames():
                 yield msg
             yield Response(event=messages_pb2.Event(
@@ -126,7 +139,9 @@ class AudioStreamCall:
             self._result = "success"
         except (asyncio.CancelledError, GeneratorExit):
             # The client went away: grpc cancels the call's task, or closes this generator
-            # when it is suspended at a yield.
+            # when it is suspended at a yield. (Or the watchdog cut a stuck call: counted.)
+            if self._cut:
+                raise
             self._result = "cancelled"
             self.metrics.errors.labels(grpc.StatusCode.CANCELLED.name).inc()
             log.info("stream on %s cancelled by the client",
@@ -134,16 +149,54 @@ class AudioStreamCall:
             raise
         except Exception as exc:
             code, message = to_status(exc)
-            self.metrics.errors.labels(code.name).inc()
+            self._count_error(exc, code)
             log.info("stream on %s ended with %s: %s",
                      self.model.name if self.model else "?", code.name, message)
             yield Response(status=status_pb2.Status(code=status_pb2.Status.ERROR,
                                                     message=message))
             await context.abort(code, message)
         finally:
-            if reader is not None and not reader.done():
-                reader.cancel()
+            for task in (reader, watchdog):
+                if task is not None and not task.done():
+                    task.cancel()
             self._release()
+
+    def _count_error(self, exc: BaseException, code: grpc.StatusCode) -> None:
+        self.metrics.errors.labels(code.name).inc()
+        limit = limit_of(exc)
+        if limit is not None:
+            self.metrics.limit_cuts.labels(limit).inc()
+
+    async def _watchdog(self, context: grpc.aio.ServicerContext,
+                        tasks: tuple[asyncio.Task[Any] | None, ...]) -> None:
+        """Check the stream's time limits every ``WATCH_PERIOD_S`` until one trips.
+
+        A tripped limit normally reaches the client through the response iterator (like any
+        error). A client that stopped reading leaves the iterator suspended in a write, so
+        then the stream is ended from here: counted, its session and slot released at once,
+        the status sent and the call's task cancelled."""
+        while True:
+            await asyncio.sleep(WATCH_PERIOD_S)
+            error = self._watch.check(time.monotonic())
+            if error is None:
+                continue
+            if self._watch.write_started is None:
+                self._limit_error = error
+                self._wake.set()
+                return
+            self._cut = True
+            code, message = to_status(error)
+            self._count_error(error, code)
+            log.info("stream on %s cut with %s: %s",
+                     self.model.name if self.model else "?", code.name, message)
+            self._release()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await context.abort(code, message)
+            for task in tasks:
+                if task is not None:
+                    task.cancel()
+            return
 
     def _release(self) -> None:
         lm = self.model
@@ -162,16 +215,19 @@ class AudioStreamCall:
     # -- requests ------------------------------------------------------------------------------
     async def _next(self, requests: AsyncIterator[messages_pb2.AudioWithEmotionStream]
                     ) -> messages_pb2.AudioWithEmotionStream | None:
+        """The next request; the idle deadline moves only with audio and end_of_audio."""
         try:
-            # asyncio.timeout rather than wait_for: no task per message
-            async with asyncio.timeout(self.config.idle_timeout_s):
+            # asyncio.timeout_at rather than wait_for: no task per message
+            async with asyncio.timeout_at(self._idle_deadline):
                 return await anext(requests)
         except StopAsyncIteration:
             return None
         except TimeoutError as err:
-            raise DeadlineExceededError(
-                f"no message from the client for {self.config.idle_timeout_s:g} s "
-                "(idle_timeout_s); send audio or end_of_audio") from err
+            raise TimeLimitError(
+                "idle_timeout_s",
+                f"no audio from the client for {self.config.idle_timeout_s:g} s "
+                "(idle_timeout_s; messages without audio samples do not count); send audio "
+                "or end_of_audio") from err
 
     def _open(self, first: messages_pb2.AudioWithEmotionStream,
               identity: str | None) -> Response:
@@ -236,7 +292,10 @@ class AudioStreamCall:
             raise InvalidArgumentError(
                 f"audio buffer of {len(buf) / 2 / self.rate:.2f} s ({len(buf)} bytes) is over "
                 f"the {self.config.max_buffer_s:g} s limit per buffer (max_buffer_s): split it")
-        if chunk.emotions:
+        count = len(chunk.emotions)  # before reading any keyframe
+        if count:
+            check_keyframes(self.config, count, self._keyframes)
+            self._keyframes += count
             self.session.push_emotions(stream_params.emotion_keys(chunk.emotions))
         data = self._carry + buf
         even = len(data) - (len(data) % 2)
@@ -252,6 +311,8 @@ class AudioStreamCall:
             self._arrived_s.append(self._samples / self.rate)
             self._arrived_at.append(time.perf_counter())
             self.metrics.audio_received.labels(self.model.name).inc(n / self.rate)
+            self._idle_deadline = self._loop.time() + self.config.idle_timeout_s
+            self._watch.on_audio(time.monotonic(), self._samples / self.rate)
         self._wake.set()
 
     def _end(self) -> None:
@@ -260,6 +321,8 @@ class AudioStreamCall:
             raise InvalidArgumentError("end_of_audio before any audio: send at least one "
                                        "audio_with_emotion with samples")
         self._end_at = time.perf_counter()
+        self._idle_deadline = self._loop.time() + self.config.idle_timeout_s
+        self._watch.on_end()
         self.session.end_of_audio()
 
     # -- responses -----------------------------------------------------------------------------
@@ -281,6 +344,8 @@ class AudioStreamCall:
             self._wake.clear()
             if self._reader_error is not None:
                 raise self._reader_error
+            if self._limit_error is not None:
+                raise self._limit_error
             session = self.session
             assert session is not None
             frames = session.take_frames()
@@ -295,7 +360,9 @@ class AudioStreamCall:
                     bw.values.extend(_floats(f.weights))
                     data.audio.time_code = t
                     data.audio.audio_buffer = bytes(f.audio)
+                    self._watch.write_started = time.monotonic()
                     yield msg
+                    self._watch.write_started = None
                     sent += 1
                     latency.observe(time.perf_counter() - self._needed_at(t))
             finally:
