@@ -21,3 +21,15 @@ class VerificationError(A2FError):
     """A new engine's outputs differ from ONNX Runtime's beyond the tolerance."""
 
     status = "FAILED_PRECONDITION"
+
+
+class EngineClosedError(A2FError):
+    """``run`` (or another call) on an engine after ``close``: the model was unloaded."""
+
+    status = "UNAVAILABLE"
+
+
+class EngineBusyError(A2FError):
+    """Every execution context stayed in use for the whole check-out timeout."""
+
+    status = "RESOURCE_EXHAUSTED"

@@ -7,10 +7,12 @@ import os
 import numpy as np
 import onnxruntime as ort
 
-from a2f_engine.base import TensorSpec
+from a2f_engine.base import TensorSpec, check_resident_value
+from a2f_engine.errors import EngineClosedError
 
-_ORT_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
-              "tensor(int64)": np.dtype(np.int64), "tensor(int32)": np.dtype(np.int32)}
+_ORT_TYPES: dict[str, np.dtype] = {
+    "tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
+    "tensor(int64)": np.dtype(np.int64), "tensor(int32)": np.dtype(np.int32)}
 
 
 def _spec(arg: ort.NodeArg) -> TensorSpec:
@@ -84,18 +86,38 @@ class OnnxRuntimeEngine:
     def __init__(self, path: str | os.PathLike[str], max_batch: int = 64,
                  intra_op_threads: int = 0, optimize: bool = True) -> None:
         self.path = os.fspath(path)
-        self._session = ort.InferenceSession(
+        self._session: ort.InferenceSession | None = ort.InferenceSession(
             self.path, sess_options=session_options(intra_op_threads, optimize=optimize),
             providers=["CPUExecutionProvider"])
         self.inputs = tuple(_spec(a) for a in self._session.get_inputs())
         self.outputs = tuple(_spec(a) for a in self._session.get_outputs())
         self._output_names = [o.name for o in self.outputs]
         self.max_batch = max_batch
+        self._resident: dict[str, np.ndarray] = {}
+
+    def set_resident_input(self, name: str, value: np.ndarray) -> None:
+        """Keep ``value`` for input ``name`` and add it to every run's feeds (not copied per
+        run: ONNX Runtime reads it in place)."""
+        specs = {s.name: s for s in self.inputs}
+        if name not in specs:
+            raise ValueError(f"resident input {name!r} is not an input of {self.path}; "
+                             f"inputs are {sorted(specs)}")
+        self._resident[name] = check_resident_value(specs[name], value)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self._session.run(self._output_names, feeds)
+        session = self._session
+        if session is None:
+            raise EngineClosedError(f"ONNX Runtime engine {self.path} is closed")
+        if self._resident:
+            clash = sorted(set(feeds) & set(self._resident))
+            if clash:
+                raise ValueError(f"inputs {clash} are resident (set once with "
+                                 "set_resident_input); run() does not take them")
+            feeds = {**feeds, **self._resident}
+        results = session.run(self._output_names, feeds)
         return {name: np.asarray(r) for name, r in zip(self._output_names, results, strict=True)}
 
     def close(self) -> None:
         # Dropping the session frees its arena; keep the object usable for introspection.
         self._session = None
+        self._resident.clear()

@@ -6,6 +6,19 @@ profiles. An ONNX Runtime optimised model depends on the ONNX Runtime version, t
 provider, the optimisation level and the CPU features the fused kernels were chosen for.
 :class:`Target` holds those fields; its :attr:`~Target.fingerprint` is a short hash of them in
 canonical form. Any difference in any field gives another fingerprint, hence a rebuild.
+
+The TensorRT fields are exactly those that decide whether a plan loads and computes what was
+verified (see docs/engine-builder.md, "Engine compatibility"): the TensorRT version, the GPU
+(model name and compute capability; only the compute capability for
+``--hardwareCompatibilityLevel=sameComputeCapability``; neither, but "Ampere or newer", for
+``ampere+``), the effective precision and the build settings of ``trt_info.json``. CUDA
+versions are not among them: the CUDA runtime TensorRT uses is fixed by the TensorRT build,
+and cuda-python's ``cudaRuntimeGetVersion`` reports the wheel's own version, which changes
+with the image and not with the plan.
+
+Precision is chosen by the engine-builder (``--precision``, or ``--fp16`` in
+``trt_info.json``) and written into the engine record; the inference server takes it from
+the record (:func:`current_target` with ``precision=None``), so the two always agree.
 """
 
 from __future__ import annotations
@@ -24,6 +37,10 @@ from a2f_volume.layout import BACKEND_ONNXRUNTIME, BACKEND_TENSORRT
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16")
+
+#: Oldest TensorRT the A2F-3D models are built with (NVIDIA's SDK requires 10.13 or newer);
+#: the GPU images check it at build time and the engine-builder at start.
+TENSORRT_MIN_VERSION = (10, 13)
 
 # CPU flags that change which kernels ONNX Runtime's optimiser and MLAS pick (x86 and Arm).
 _CPU_FEATURES = frozenset({
@@ -147,18 +164,82 @@ def tensorrt_version() -> tuple[str | None, str]:
     return str(tensorrt.__version__), ""
 
 
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"10.13.3.9"`` -> ``(10, 13, 3, 9)``; non-numeric parts end the tuple."""
+    out: list[int] = []
+    for part in version.split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        if not digits or digits != part:
+            if digits and part.startswith(digits):
+                out.append(int(digits))
+            break
+        out.append(int(digits))
+    return tuple(out)
+
+
+def check_tensorrt_version(version: str) -> None:
+    """RuntimeError naming the version found and the one the models need, if too old."""
+    if version_tuple(version)[:2] < TENSORRT_MIN_VERSION:
+        need = ".".join(map(str, TENSORRT_MIN_VERSION))
+        raise RuntimeError(f"TensorRT {version} is too old: the A2F-3D models need TensorRT "
+                           f"{need} or newer (see docs/engine-builder.md)")
+
+
+def effective_precision(requested: str, build: Mapping[str, Any]) -> str:
+    """The precision an engine is really built in: ``fp16`` when the builder was asked for
+    it or when the model's ``trt_info.json`` carries ``--fp16``, else ``fp32``."""
+    check_precision(requested)
+    return "fp16" if requested == "fp16" or bool(build.get("fp16")) else "fp32"
+
+
+def target_precision(target: Target) -> str:
+    """The precision recorded in a target (``fp32`` when the target has none)."""
+    return check_precision(str(target.fields.get("precision", "fp32")))
+
+
 def tensorrt_target(gpu: GpuInfo, trt_version: str, precision: str,
                     build: Mapping[str, Any]) -> Target:
-    """A TensorRT target: the GPU, TensorRT and CUDA versions, precision and build settings
-    (``build`` carries the profiles, memory pools and flags of the model's ``trt_info.json``)."""
+    """A TensorRT target: TensorRT version, GPU, effective precision and build settings
+    (``build`` carries the profiles, memory pools and flags of the model's ``trt_info.json``).
+
+    ``precision`` is what the builder was asked for; ``--fp16`` in ``build`` makes it fp16
+    (:func:`effective_precision`). The GPU fields follow the plan's hardware compatibility
+    level: model name and compute capability by default, the compute capability alone for
+    ``sameComputeCapability``, and only "Ampere or newer" for ``ampere+`` (raises
+    RuntimeError on an older GPU, where such a plan cannot run).
+    """
+    level = str(build.get("hardware_compatibility_level", "none"))
+    gpu_fields: dict[str, Any]
+    if level == "ampere+":
+        if version_tuple(gpu.compute_capability) < (8, 0):
+            raise RuntimeError(f"--hardwareCompatibilityLevel=ampere+ needs compute "
+                               f"capability 8.0 or newer; {gpu.name} has "
+                               f"{gpu.compute_capability}")
+        gpu_fields = {"gpu_family": "ampere+"}
+    elif level == "sameComputeCapability":
+        gpu_fields = {"compute_capability": gpu.compute_capability}
+    else:
+        gpu_fields = {"gpu_name": gpu.name, "compute_capability": gpu.compute_capability}
     return Target(BACKEND_TENSORRT, {
-        "gpu_name": gpu.name,
-        "compute_capability": gpu.compute_capability,
+        **gpu_fields,
         "tensorrt_version": trt_version,
-        "cuda_runtime_version": gpu.cuda_runtime_version,
-        "precision": check_precision(precision),
+        "precision": effective_precision(precision, build),
         "build": dict(build),
     })
+
+
+def recorded_precision(folder: str | Path, backend: str = BACKEND_TENSORRT) -> str | None:
+    """The precision the model's published engine record states, or None when there is no
+    readable record (or it states no known precision)."""
+    from a2f_volume.engine_record import read_record
+    from a2f_volume.layout import ModelPaths
+
+    try:
+        rec = read_record(ModelPaths(Path(folder)).engine_record(backend))
+    except (OSError, ValueError):
+        return None
+    value = rec.target.get("precision")
+    return value if value in PRECISIONS else None
 
 
 def choose_backend(requested: str) -> tuple[str, str]:
@@ -178,11 +259,17 @@ def choose_backend(requested: str) -> tuple[str, str]:
     return BACKEND_ONNXRUNTIME, f"TensorRT not usable: {reason}"
 
 
-def current_target(folder: str | Path, backend: str, precision: str = "fp32") -> Target:
+def current_target(folder: str | Path, backend: str, precision: str | None = None) -> Target:
     """The target an engine of the model folder must match on this machine (what the
-    engine-builder builds for and what the inference server checks against)."""
+    engine-builder builds for and what the inference server checks against).
+
+    ``precision`` None (the inference server) takes the precision from the engine record
+    beside the engine, so that whatever precision the engine-builder was configured with is
+    served; every other field is this machine's. A record whose precision contradicts the
+    model's ``trt_info.json`` (``--fp16`` there, ``fp32`` recorded) still mismatches.
+    """
     if backend == BACKEND_ONNXRUNTIME:
-        return onnxruntime_target(precision)
+        return onnxruntime_target("fp32" if precision is None else precision)
     if backend != BACKEND_TENSORRT:
         raise ValueError(f"unknown backend {backend!r}")
     from a2f_engine.trt_flags import load_trt_info
@@ -191,4 +278,6 @@ def current_target(folder: str | Path, backend: str, precision: str = "fp32") ->
     gpu, why_gpu = gpu_info()
     if version is None or gpu is None:
         raise RuntimeError(f"TensorRT target unavailable: {why or why_gpu}")
+    if precision is None:
+        precision = recorded_precision(folder) or "fp32"
     return tensorrt_target(gpu, version, precision, load_trt_info(folder).to_json())

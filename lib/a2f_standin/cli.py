@@ -1,4 +1,4 @@
-"""``a2f-standin {regression|diffusion} --out DIR [--size full|small] [--seed N]``."""
+"""``a2f-standin {regression|diffusion|emotion} --out DIR [--size full|small] [--seed N]``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from a2f_standin.emotion import generate_emotion
 from a2f_standin.generate import KINDS, SIZES, generate
 
 
@@ -16,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="a2f-standin",
         description="Write a stand-in Audio2Face-3D model folder in NVIDIA's exact format.",
     )
-    p.add_argument("kind", choices=KINDS, help="model kind")
+    p.add_argument("kind", choices=(*KINDS, "emotion"), help="model kind (emotion = A2E)")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument(
         "--size",
@@ -37,7 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        out = generate(args.kind, args.out, size=args.size, seed=args.seed)
+        if args.kind == "emotion":
+            out = generate_emotion(args.out, size=args.size, seed=args.seed)
+        else:
+            out = generate(args.kind, args.out, size=args.size, seed=args.seed)
     except (ValueError, OSError) as err:
         print(f"a2f-standin: {err}", file=sys.stderr)
         return 2

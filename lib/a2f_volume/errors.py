@@ -1,16 +1,35 @@
 """One exception base for the whole project.
 
 Every error carries an operator-facing ``message`` and a gRPC status *name* (the shared
-package does not import grpc; the server maps the name to ``grpc.StatusCode``).
+package does not import grpc; the server maps the name to ``grpc.StatusCode``). The name is a
+:data:`StatusName`: a misspelt one fails type-checking, and defining a subclass with a name
+that is not a gRPC status code raises ``TypeError`` at import.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar, Literal, get_args
+
+#: The names of ``grpc.StatusCode`` members (the gRPC status codes, in code order).
+StatusName = Literal[
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED",
+]
+STATUS_NAMES: tuple[StatusName, ...] = get_args(StatusName)
 
 
 class A2FError(Exception):
     """Base of every error this project raises on purpose."""
 
-    status: str = "INTERNAL"
+    status: ClassVar[StatusName] = "INTERNAL"
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.status not in STATUS_NAMES:
+            raise TypeError(f"{cls.__qualname__}.status = {cls.status!r} is not a gRPC status "
+                            f"code name; expected one of {', '.join(STATUS_NAMES)}")
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from a2f_volume.errors import ModelFolderError, NotFoundError
+from a2f_volume.model_kind import is_emotion_network_info
 
 logger = logging.getLogger(__name__)
 
@@ -611,6 +612,8 @@ def _model_config(
 
 
 def _check_id(ctx: _Ctx, src: Path, info: Mapping[str, Any]) -> ModelKind:
+    if is_emotion_network_info(info):  # load with a2f_volume.emotion_folder instead
+        raise ctx.fail(src, "id", "absent (an Audio2Emotion folder)", "a face model's id")
     ident = _get(ctx, src, info, "id")
     t = ident.get("type") if isinstance(ident, Mapping) else None
     if t not in ("regression", "diffusion"):

@@ -354,8 +354,9 @@ def unpublish(models_root: str | os.PathLike[str], model: str) -> bool:
     return True
 
 
-def link_or_copy(src: Path, dest: Path) -> None:
-    """Hardlink ``src`` to ``dest`` (same inode, no bytes copied); copy if links fail."""
+def link_new_file(src: Path, dest: Path) -> None:
+    """Create ``dest`` as a hardlink of ``src`` (same inode, no bytes copied), or a copy where
+    links fail; an existing ``dest`` is an error (``FileExistsError``), never replaced."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dest)
@@ -376,7 +377,7 @@ def carry_over(old_dir: Path, new_dir: Path, source_paths: set[str]) -> list[str
         if dest.exists():
             continue
         try:
-            link_or_copy(old_dir / rel, dest)
+            link_new_file(old_dir / rel, dest)
             carried.append(rel)
         except FileExistsError:
             pass
@@ -426,7 +427,7 @@ def adopt(models_root: str | os.PathLike[str], model: str, source: str = "adopte
     build = vroot / temp_name(vid)
     build.mkdir()
     for rel, _st in _walk_files(folder):
-        link_or_copy(folder / rel, build / rel)
+        link_new_file(folder / rel, build / rel)
     write_record(build, VersionRecord(vid, model, source, time.time()))
     final = vroot / vid
     os.rename(build, final)

@@ -7,8 +7,10 @@ import pytest
 from a2f_engine.targets import (
     GpuInfo,
     Target,
+    check_tensorrt_version,
     choose_backend,
     cpu_features,
+    effective_precision,
     gpu_info,
     onnxruntime_target,
     tensorrt_target,
@@ -30,7 +32,7 @@ def test_fingerprint_is_stable_and_order_independent() -> None:
 
 @pytest.mark.parametrize("change", [
     {"gpu": A10G},
-    {"gpu": GpuInfo("Tesla T4", "7.5", "12.8", "12.8")},  # CUDA runtime
+    {"gpu": GpuInfo("NVIDIA T4G", "7.5", "12.6", "12.8")},  # same capability, other model
     {"trt": "10.14.1"},
     {"precision": "fp16"},
     {"build": {"profiles": {"input": [[1, 1, 8320], [4, 1, 8320], [128, 1, 8320]]}}},
@@ -43,6 +45,48 @@ def test_tensorrt_fingerprint_changes_with_each_part(change: dict[str, object]) 
     fp2 = tensorrt_target(other["gpu"], other["trt"], other["precision"],  # type: ignore[arg-type]
                           other["build"]).fingerprint  # type: ignore[arg-type]
     assert fp != fp2
+
+
+@pytest.mark.parametrize("gpu", [
+    GpuInfo("Tesla T4", "7.5", "12.8", "12.8"),  # cuda-python's own runtime version
+    GpuInfo("Tesla T4", "7.5", "12.6", "13.0"),  # a newer driver
+])
+def test_cuda_versions_do_not_decide_engine_validity(gpu: GpuInfo) -> None:
+    assert tensorrt_target(gpu, "10.13.0", "fp32", BUILD).fingerprint == \
+        tensorrt_target(T4, "10.13.0", "fp32", BUILD).fingerprint
+
+
+def test_hardware_compatibility_level_decides_which_gpu_fields_count() -> None:
+    same_cc = {**BUILD, "hardware_compatibility_level": "sameComputeCapability"}
+    t4g = GpuInfo("NVIDIA T4G", "7.5", "12.6", "12.8")
+    assert tensorrt_target(T4, "10.13.0", "fp32", same_cc).fingerprint == \
+        tensorrt_target(t4g, "10.13.0", "fp32", same_cc).fingerprint
+    assert tensorrt_target(T4, "10.13.0", "fp32", same_cc).fingerprint != \
+        tensorrt_target(A10G, "10.13.0", "fp32", same_cc).fingerprint
+    ampere = {**BUILD, "hardware_compatibility_level": "ampere+"}
+    l4 = GpuInfo("NVIDIA L4", "8.9", "12.6", "12.8")
+    assert tensorrt_target(A10G, "10.13.0", "fp32", ampere).fingerprint == \
+        tensorrt_target(l4, "10.13.0", "fp32", ampere).fingerprint
+    with pytest.raises(RuntimeError, match=r"ampere\+ needs compute capability 8\.0"):
+        tensorrt_target(T4, "10.13.0", "fp32", ampere)
+
+
+def test_fp16_in_trt_info_makes_the_effective_precision_fp16() -> None:
+    t = tensorrt_target(T4, "10.13.0", "fp32", {**BUILD, "fp16": True})
+    assert t.fields["precision"] == "fp16"
+    assert effective_precision("fp16", BUILD) == "fp16"
+    assert effective_precision("fp32", BUILD) == "fp32"
+
+
+@pytest.mark.parametrize(("version", "ok"), [("10.13.0.35", True), ("10.14.1", True),
+                                             ("11.0.0.1", True), ("10.4.0", False),
+                                             ("10.9.0.34", False)])
+def test_tensorrt_minimum_version(version: str, ok: bool) -> None:
+    if ok:
+        check_tensorrt_version(version)
+    else:
+        with pytest.raises(RuntimeError, match=r"too old: the A2F-3D models need TensorRT 10\.13"):
+            check_tensorrt_version(version)
 
 
 def test_onnxruntime_target_records_version_and_cpu_features() -> None:

@@ -45,6 +45,9 @@ class RecordingEngine:
                                {k: v.copy() for k, v in out.items()}))
         return out
 
+    def set_resident_input(self, name: str, value: np.ndarray) -> None:
+        self._inner.set_resident_input(name, value)
+
     def close(self) -> None:
         self._inner.close()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from a2f_inference.demo import speech_like, to_pcm16
+from a2f_inference.audio import speech_like, to_pcm16
 from a2f_inference.pipeline import StreamParams, run_offline
 from a2f_inference.pipeline.emotion import EmotionTrack
 from a2f_inference.pipeline.params import OUTPUT_BLENDSHAPE_NAMES

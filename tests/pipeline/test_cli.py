@@ -34,7 +34,7 @@ def test_demo_writes_a_csv_per_model_kind(tmp_path: Path) -> None:
 def test_bench_pipeline_reports_both_figures(tmp_path: Path,
                                              small_folders: dict[str, ModelFolder]) -> None:
     model = small_folders["regression"].path
-    proc = run("a2f_inference.bench", "pipeline", "--model", str(model), "--streams", "2",
+    proc = run("a2f_bench", "pipeline", "--model", str(model), "--streams", "2",
                "--seconds", "1", "--repeat", "1", "--workers", "2", "--threads", "1", "--json",
                cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

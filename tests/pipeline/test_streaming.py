@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 
-from a2f_inference.demo import speech_like, to_pcm16
+from a2f_inference.audio import speech_like, to_pcm16
 from a2f_inference.pipeline import BatchScheduler, BatchStats, Frame, StreamSession, run_offline
 from a2f_volume.errors import InvalidArgumentError, UnavailableError
 
-from .conftest import RuntimeFactory
+from .conftest import RecordingEngine, RuntimeFactory
 
 
 class Observer:
@@ -105,6 +105,7 @@ def test_several_workers_keep_every_stream_in_order(make_runtime: RuntimeFactory
     clips = [to_pcm16(speech_like(1.2 + 0.25 * i, seed=40 + i)) for i in range(5)]
     alone = [run_offline(rt, c, 16000, constant_noise=True, seed=i) for i, c in enumerate(clips)]
     engine = rt.engine
+    assert isinstance(engine, RecordingEngine)
     engine.run_threads.clear()
     obs = Observer()
     sched = BatchScheduler(rt, max_wait_s=0.001, observer=obs, pipelined=pipelined, workers=3)

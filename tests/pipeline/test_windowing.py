@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from a2f_inference.demo import speech_like, to_pcm16
+from a2f_inference.audio import speech_like, to_pcm16
 from a2f_inference.pipeline import Frame, run_offline
 from a2f_inference.pipeline.frames import DiffusionClock, RegressionClock, as_fraction
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from a2f_inference.pipeline.postprocess import benchmark_postprocess
+from a2f_bench.postprocess import benchmark_postprocess
 from a2f_volume.model_folder import ModelFolder, load_model_folder
 
 BATCH = 30

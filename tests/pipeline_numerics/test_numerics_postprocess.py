@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from pn_synthetic import make_model
 
+from a2f_bench.postprocess import benchmark_postprocess
 from a2f_inference.pipeline.params import OUTPUT_BLENDSHAPE_NAMES, BlendshapeParamsNim, FaceParams
 from a2f_inference.pipeline.postprocess import (
     FramePostprocessor,
     SecondOrderSmoother,
-    benchmark_postprocess,
     face_mask,
     process_streams,
     rigid_fit,

@@ -22,7 +22,7 @@ from a2f_volume.model_folder import ARKIT_SKIN_NPZ_KEYS, TONGUE_NAMES, Blendshap
 
 def _set(**kw: object) -> BlendshapeSet:
     rng = np.random.default_rng(int(kw.pop("seed", 3)))  # type: ignore[call-overload]
-    return blendshape_set(rng, ARKIT_SKIN_NPZ_KEYS, 300, **kw)  # type: ignore[arg-type]
+    return blendshape_set(rng, ARKIT_SKIN_NPZ_KEYS, 300, **kw)
 
 
 def _pose(bs: BlendshapeSet, w: np.ndarray) -> np.ndarray:
@@ -130,7 +130,7 @@ def test_fast_box_qp_matches_reference_bvls_on_random_problems(n: int) -> None:
 def test_fast_stream_solver_matches_reference_stream_solver() -> None:
     rng = np.random.default_rng(11)
     for names, kw in ((ARKIT_SKIN_NPZ_KEYS, {}), (TONGUE_NAMES, {"temporal": 5.0, "l2": 3.5})):
-        bs = blendshape_set(rng, names, 200, **kw)  # type: ignore[arg-type]
+        bs = blendshape_set(rng, names, 200, **kw)
         prob = build_problem(bs)
         truth = rng.uniform(0.0, 1.0, (25, len(names))) * (rng.uniform(size=(25, len(names))) < 0.5)
         poses = _pose(bs, truth)

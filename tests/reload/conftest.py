@@ -16,7 +16,9 @@ from prometheus_client import CollectorRegistry
 
 from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.metrics import InferenceMetrics
-from a2f_inference.server.registry import LoadedModel, ModelRegistry
+from a2f_inference.server.model import LoadedModel
+from a2f_inference.server.modes import EnginePolicy
+from a2f_inference.server.registry import ModelRegistry
 from a2f_inference.server.reload import ModelReloader
 from a2f_volume import layout
 from a2f_volume.versions import VersionRecord, switch, write_record
@@ -77,7 +79,7 @@ def build_engine(root: Path, model: str) -> None:
 class Harness:
     """A real registry and reloader on one models root, no gRPC."""
 
-    def __init__(self, root: Path, *, engine_policy: str = "onnx-fallback",
+    def __init__(self, root: Path, *, engine_policy: EnginePolicy = "onnx-fallback",
                  **reloader_kw: Any) -> None:
         self.root = root
         self.config = ServerConfig(models_root=root, model_path=root / DIFFUSION,
@@ -132,7 +134,7 @@ def harness_factory(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
 
 def speech(seconds: float, rate: int = 16000, seed: int = 0) -> bytes:
     """Deterministic speech-like PCM (16-bit little-endian)."""
-    from a2f_inference.client import synthetic_speech
+    from a2f_inference.audio import synthetic_speech
 
     return synthetic_speech(seconds, rate, seed=seed)
 

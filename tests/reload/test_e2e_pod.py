@@ -34,9 +34,9 @@ from s3_fixtures import AWS_ENV, free_port, moto_server, s3_client
 from a2f_inference.client import build_requests, stream_audio
 from a2f_inference.proto_gen.nvidia_audio2face_3d import audio2face_pb2_grpc
 from a2f_inference.server.config import ServerConfig
+from a2f_inference.server.engines import EngineChecker
+from a2f_inference.server.model import LoadedModel, load_model
 from a2f_inference.server.params import open_session
-from a2f_inference.server.registry import LoadedModel, load_model
-from a2f_inference.server.reload import EngineChecker
 from a2f_volume import layout
 from a2f_volume.versions import current_version
 
@@ -196,7 +196,7 @@ class References:
                                        output_fps=self.config.output_fps)
                 session.push_audio(self.pcm)
                 session.end_of_audio()
-                out = []
+                out: list[np.ndarray] = []
                 while not session.done:
                     assert session.error is None, session.error
                     session.wait(0.5)
@@ -220,7 +220,8 @@ async def _client_loop(address: str, requests: list[Any], stop: asyncio.Event,
                 weights = np.asarray(r.weights, dtype=np.float32)
                 version = r.model_version
             except grpc.RpcError as err:
-                ok, detail, weights, version = False, repr(err), np.zeros(0), ""
+                ok, detail, version = False, repr(err), ""
+                weights = np.zeros(0, dtype=np.float32)
             out.append(StreamRecord(t0, version, ok, detail, weights))
 
 
@@ -360,7 +361,7 @@ def test_reference_frames_differ_between_versions(tmp_path: Path) -> None:
             s = open_session(lm.runtime, header, identity=None, input_rate=RATE, output_fps=30)
             s.push_audio(pcm)
             s.end_of_audio()
-            frames = []
+            frames: list[np.ndarray] = []
             while not s.done:
                 s.wait(0.5)
                 frames.extend(np.asarray(f.weights) for f in s.take_frames())

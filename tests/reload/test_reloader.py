@@ -11,14 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from a2f_inference.server.registry import LoadedModel
-from a2f_inference.server.reload import (
-    EngineChecker,
-    ReloadStatus,
-    WarmUpError,
-    health_service_name,
-    warm_up_model,
-)
+from a2f_inference.server.engines import EngineChecker
+from a2f_inference.server.model import LoadedModel
+from a2f_inference.server.reload import ReloadStatus, health_service_name
+from a2f_inference.server.warmup import WarmUpError, warm_up_model
 from a2f_volume.errors import NotFoundError
 from a2f_volume.versions import unpublish
 

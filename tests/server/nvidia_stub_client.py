@@ -26,7 +26,7 @@ def main() -> None:
     sent_all = threading.Event()
     timing: dict[str, float] = {}
 
-    def requests():  # type: ignore[no-untyped-def]
+    def requests():
         header = messages_pb2.AudioWithEmotionStreamHeader(
             audio_header=audio_pb2.AudioHeader(
                 audio_format=audio_pb2.AudioHeader.AUDIO_FORMAT_PCM, channel_count=1,

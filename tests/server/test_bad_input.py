@@ -12,7 +12,8 @@ from typing import Any
 import grpc
 import pytest
 
-from a2f_inference.client import StreamResult, build_requests, stream_audio, synthetic_speech
+from a2f_inference.audio import synthetic_speech
+from a2f_inference.client import StreamResult, build_requests, stream_audio
 from a2f_inference.proto_gen.nvidia_ace import audio_pb2, status_pb2
 from a2f_inference.proto_gen.nvidia_audio2face_3d import audio2face_pb2_grpc, messages_pb2
 
@@ -44,7 +45,7 @@ def _raw_sync(address: str, requests: list[Req], metadata: tuple[tuple[str, str]
     """
     r = StreamResult(started_s=time.perf_counter())
 
-    def gen():  # type: ignore[no-untyped-def]
+    def gen():
         for i, req in enumerate(requests):
             if pace_s and i > 1:
                 time.sleep(pace_s)
@@ -67,8 +68,8 @@ def _raw_sync(address: str, requests: list[Req], metadata: tuple[tuple[str, str]
             r.grpc_code = call.code()
             r.grpc_details = call.details() or ""
         except grpc.RpcError as err:
-            r.grpc_code = err.code()  # type: ignore[attr-defined]
-            r.grpc_details = err.details() or ""  # type: ignore[attr-defined]
+            r.grpc_code = err.code()
+            r.grpc_details = err.details() or ""
     r.ended_s = time.perf_counter()
     return r
 

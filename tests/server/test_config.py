@@ -61,7 +61,7 @@ def test_cpu_plan_of_workers_and_threads(workers: int, threads: int, cores: int,
 
 
 def test_worker_plan_by_backend() -> None:
-    from a2f_inference.server.registry import TENSORRT_AUTO_WORKERS, worker_plan
+    from a2f_inference.server.engines import TENSORRT_AUTO_WORKERS, worker_plan
 
     auto = ServerConfig.from_env({})
     assert worker_plan("tensorrt", auto) == (TENSORRT_AUTO_WORKERS, 0)

@@ -16,7 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from a2f_inference.client import synthetic_speech, write_wav
+from a2f_inference.audio import synthetic_speech, write_wav
 from a2f_inference.pipeline.params import OUTPUT_BLENDSHAPE_NAMES
 
 from .conftest import DIFFUSION, REGRESSION, free_port

@@ -13,12 +13,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from a2f_inference.audio import synthetic_speech
 from a2f_inference.client import (
     StreamResult,
     build_requests,
     call_metadata,
     stream_audio,
-    synthetic_speech,
 )
 from a2f_inference.proto_gen.nvidia_audio2face_3d import audio2face_pb2_grpc
 

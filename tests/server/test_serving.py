@@ -12,14 +12,15 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from a2f_inference.client import StreamResult, synthetic_speech, write_wav
+from a2f_inference.audio import synthetic_speech, write_wav
+from a2f_inference.client import StreamResult
 from a2f_inference.client import main as client_main
 from a2f_inference.proto_gen.a2f_admin import admin_pb2, admin_pb2_grpc
 from a2f_inference.proto_gen.nvidia_audio2face_3d import (
     a2x_export_config_pb2,
     a2x_export_config_pb2_grpc,
 )
-from a2f_inference.server.registry import load_model
+from a2f_inference.server.model import load_model
 
 from .conftest import DIFFUSION, REGRESSION, RunningServer, one_stream, run, run_server
 

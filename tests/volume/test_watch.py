@@ -28,7 +28,7 @@ def _next(q: queue.Queue[set[str]], timeout: float = 10.0) -> set[str]:
 
 
 @pytest.fixture(params=[True, False], ids=["inotify", "polling"])
-def watcher(request: pytest.FixtureRequest, models_root: Path):  # type: ignore[no-untyped-def]
+def watcher(request: pytest.FixtureRequest, models_root: Path):
     events: queue.Queue[set[str]] = queue.Queue()
     _make_model(models_root, "a23")
     w = VolumeWatcher(models_root, events.put, poll_interval_s=0.3 if not request.param else 30,
@@ -38,19 +38,19 @@ def watcher(request: pytest.FixtureRequest, models_root: Path):  # type: ignore[
     w.stop()
 
 
-def test_start_reports_every_present_model(watcher) -> None:  # type: ignore[no-untyped-def]
+def test_start_reports_every_present_model(watcher) -> None:
     _, events = watcher
     assert _next(events) == {"a23"}
 
 
-def test_published_file_is_reported_once_for_its_model(watcher, models_root: Path) -> None:  # type: ignore[no-untyped-def]
+def test_published_file_is_reported_once_for_its_model(watcher, models_root: Path) -> None:
     _, events = watcher
     _next(events)
     atomic_write_bytes(models_root / "a23" / "network.trt", b"engine")
     assert _next(events) == {"a23"}
 
 
-def test_temp_files_and_leases_are_ignored(watcher, models_root: Path) -> None:  # type: ignore[no-untyped-def]
+def test_temp_files_and_leases_are_ignored(watcher, models_root: Path) -> None:
     _, events = watcher
     _next(events)
     (models_root / "a23" / temp_name("network.onnx")).write_bytes(b"partial")
@@ -60,7 +60,7 @@ def test_temp_files_and_leases_are_ignored(watcher, models_root: Path) -> None: 
         events.get(timeout=1.0)
 
 
-def test_symlink_swap_and_removal_are_reported(watcher, models_root: Path) -> None:  # type: ignore[no-untyped-def]
+def test_symlink_swap_and_removal_are_reported(watcher, models_root: Path) -> None:
     _, events = watcher
     _next(events)
     versions = models_root / ".a2f" / "versions" / "multi"

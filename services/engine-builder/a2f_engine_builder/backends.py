@@ -17,6 +17,7 @@ from a2f_engine.targets import (
 )
 from a2f_engine.trt_flags import load_trt_info
 from a2f_volume.layout import BACKEND_ONNXRUNTIME, BACKEND_TENSORRT
+from a2f_volume.model_kind import model_family
 from a2f_volume.publish import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -101,8 +102,12 @@ class TensorRTBackend:
         self.gpu = gpu
         self.trt_version = trt_version
 
+    def precision_for(self, folder: Path) -> str:
+        """Audio2Emotion models build in FP32 only, as the NIM builds them."""
+        return "fp32" if model_family(folder) == "emotion" else self.precision
+
     def target(self, folder: Path) -> Target:
-        return tensorrt_target(self.gpu, self.trt_version, self.precision,
+        return tensorrt_target(self.gpu, self.trt_version, self.precision_for(folder),
                                load_trt_info(folder).to_json())
 
     def timing_cache_path(self, timing_cache_dir: Path) -> Path:
@@ -118,15 +123,17 @@ class TensorRTBackend:
 
         spec = load_trt_info(folder)
         cache = self.timing_cache_path(timing_cache_dir)
-        plan = build_trt_plan(onnx, spec, self.precision, cache)
+        precision = self.precision_for(folder)
+        plan = build_trt_plan(onnx, spec, precision, cache)
         atomic_write_bytes(out, plan)
         return {"trtexec_command": spec.trtexec_command(
-            str(onnx), str(folder / "network.trt"), self.precision, str(cache))}
+            str(onnx), str(folder / "network.trt"), precision, str(cache))}
 
     def load(self, engine: Path, folder: Path) -> Engine:
         from a2f_engine.tensorrt_engine import TensorRTEngine
 
-        return TensorRTEngine(engine)
+        return TensorRTEngine(engine,
+                              version_compatible=load_trt_info(folder).version_compatible)
 
     def opt_shapes(self, folder: Path) -> dict[str, tuple[int, ...]]:
         return _opt_shapes(folder)

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from a2f_engine.errors import EngineBuildError, EngineLoadError
-from a2f_engine.targets import Target
+from a2f_engine.targets import Target, target_precision
 from a2f_engine.verify import verify_engine
 from a2f_engine_builder.backends import BuildBackend
 from a2f_engine_builder.metrics import BuilderMetrics
@@ -127,7 +127,7 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _link_or_copy(src: Path, dest: Path) -> None:
+def _publish_atomic_copy(src: Path, dest: Path) -> None:
     """Publish ``src``'s bytes at ``dest`` atomically: hardlink (or copy) to a temp name, rename."""
     tmp = dest.with_name(temp_name(dest.name))
     try:
@@ -292,7 +292,7 @@ class EngineBuilder:
         rec = read_record(cached_rec_path)
         rec = EngineRecord.from_json({**rec.to_json(), "model": name,
                                       "engine_file": engine_dest.name})
-        _link_or_copy(cached, engine_dest)
+        _publish_atomic_copy(cached, engine_dest)
         write_record(paths.engine_record(backend), rec)
         marker = self.backend.marker()
         if marker is not None:
@@ -330,7 +330,7 @@ class EngineBuilder:
             try:
                 with _progress(f"{name}: verification"):
                     verification = verify_engine(
-                        engine, paths.onnx, self.precision,
+                        engine, paths.onnx, target_precision(target),
                         opt_shapes=self.backend.opt_shapes(paths.folder))
             finally:
                 engine.close()

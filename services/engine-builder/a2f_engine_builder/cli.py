@@ -9,12 +9,13 @@ seed's ``A2F_MODEL_DATA_PATH``, ``SKIP_TRT_BUILD`` and ``FORCE_TRT_REBUILD`` kee
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import FrameType
 
 from prometheus_client import CollectorRegistry
@@ -22,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from a2f_engine.targets import choose_backend
 from a2f_engine_builder.backends import make_backend
 from a2f_engine_builder.builder import EngineBuilder
-from a2f_engine_builder.config import BACKEND_CHOICES, BuilderConfig
+from a2f_engine_builder.config import ENV, BuilderConfig
 from a2f_engine_builder.metrics import BuilderMetrics
 from a2f_engine_builder.watcher import BuildDaemon
 from a2f_volume.hashing import HashCache
@@ -31,56 +32,50 @@ from a2f_volume.layout import hash_cache_path, list_model_dirs
 logger = logging.getLogger("a2f_engine_builder")
 
 
-def parse_args(argv: Sequence[str] | None, base: BuilderConfig) -> BuilderConfig:
-    env = BuilderConfig.env_name
+#: Help of each flag; the variables a flag's setting is also read from are appended.
+FLAG_HELP = {
+    "models_root": "model volume (default /data/models)",
+    "backend": "engine backend (default auto)",
+    "precision": "TensorRT precision (default fp32)",
+    "once": "build what is needed, then exit",
+    "skip_build": "build nothing, only report (also the seed's SKIP_TRT_BUILD)",
+    "force_rebuild": "rebuild every model once at start (also the seed's FORCE_TRT_REBUILD)",
+    "poll_interval_s": "full rescan period (default 30)",
+    "inotify": "inotify wake-ups; --no-inotify for network filesystems (falls back to "
+               "polling automatically)",
+    "debounce_s": "quiet time after a change (default 2)",
+    "backoff_initial_s": "first retry delay after a failure (default 10)",
+    "backoff_max_s": "longest retry delay (default 600)",
+    "metrics_port": "Prometheus port, 0 disables (default 9102)",
+    "metrics_host": "metrics bind address (default 0.0.0.0)",
+    "ort_threads": "ONNX Runtime threads, 0 = all (default 0)",
+    "log_level": "logging level (default INFO)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="a2f-engine-builder",
-        description="Build verified TensorRT / ONNX Runtime engines for every model folder.")
-    p.add_argument("--models-root", default=str(base.models_root),
-                   help="model volume (env A2F_MODEL_DATA_PATH; default %(default)s)")
-    p.add_argument("--once", action=argparse.BooleanOptionalAction, default=base.once,
-                   help=f"build what is needed, then exit (env {env('once')})")
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default=base.backend,
-                   help=f"engine backend (env {env('backend')}; default %(default)s)")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default=base.precision,
-                   help=f"TensorRT precision (env {env('precision')}; default %(default)s)")
-    p.add_argument("--skip-build", action=argparse.BooleanOptionalAction,
-                   default=base.skip_build, help="build nothing, only report (env SKIP_TRT_BUILD)")
-    p.add_argument("--force-rebuild", action=argparse.BooleanOptionalAction,
-                   default=base.force_rebuild,
-                   help="rebuild every model once at start (env FORCE_TRT_REBUILD)")
-    p.add_argument("--poll-interval-s", type=float, default=base.poll_interval_s,
-                   help=f"full rescan period (env {env('poll_interval_s')}; default %(default)s)")
-    p.add_argument("--inotify", action=argparse.BooleanOptionalAction, default=base.inotify,
-                   help="inotify wake-ups; --no-inotify for network filesystems "
-                        f"(env {env('inotify')}; falls back to polling automatically)")
-    p.add_argument("--debounce-s", type=float, default=base.debounce_s,
-                   help=f"quiet time after a change (env {env('debounce_s')})")
-    p.add_argument("--backoff-initial-s", type=float, default=base.backoff_initial_s,
-                   help=f"first retry delay after a failure (env {env('backoff_initial_s')})")
-    p.add_argument("--backoff-max-s", type=float, default=base.backoff_max_s,
-                   help=f"longest retry delay (env {env('backoff_max_s')})")
-    p.add_argument("--metrics-port", type=int, default=base.metrics_port,
-                   help=f"Prometheus port, 0 disables (env {env('metrics_port')}; "
-                        "default %(default)s)")
-    p.add_argument("--metrics-host", default=base.metrics_host,
-                   help=f"metrics bind address (env {env('metrics_host')})")
-    p.add_argument("--ort-threads", type=int, default=base.ort_threads,
-                   help=f"ONNX Runtime threads, 0 = all (env {env('ort_threads')})")
-    p.add_argument("--log-level", default=base.log_level,
-                   help=f"logging level (env {env('log_level')}; default %(default)s)")
-    a = p.parse_args(argv)
+        description="Build verified TensorRT / ONNX Runtime engines for every model folder. "
+                    "A flag wins over its environment variable.")
+    ENV.add_flags(p, BuilderConfig, FLAG_HELP)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None,
+               environ: Mapping[str, str] | None = None) -> BuilderConfig:
+    """The settings: defaults, then the environment, then the flags given.
+
+    A bad environment variable raises ValueError (``ConfigError``) naming it and what is
+    allowed; a bad flag value is a usage error (exit 2 with the message).
+    """
+    base = BuilderConfig.from_env(environ)
+    parser = build_parser()
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     try:
-        return BuilderConfig(
-            models_root=a.models_root, backend=a.backend, precision=a.precision, once=a.once,
-            skip_build=a.skip_build, force_rebuild=a.force_rebuild,
-            poll_interval_s=a.poll_interval_s, inotify=a.inotify, debounce_s=a.debounce_s,
-            backoff_initial_s=a.backoff_initial_s, backoff_max_s=a.backoff_max_s,
-            metrics_port=a.metrics_port, metrics_host=a.metrics_host,
-            ort_threads=a.ort_threads, log_level=a.log_level)
+        return dataclasses.replace(base, **given)
     except ValueError as err:
-        p.error(str(err))
-        raise  # unreachable: p.error exits
+        parser.error(str(err))
 
 
 def run_once(builder: EngineBuilder, skip: bool, force: bool) -> int:
@@ -113,8 +108,8 @@ def run_once(builder: EngineBuilder, skip: bool, force: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        cfg = parse_args(argv, BuilderConfig.from_env())
-    except ValueError as err:  # bad environment variable
+        cfg = parse_args(argv)
+    except ValueError as err:  # a bad setting (flag or environment variable)
         print(f"a2f-engine-builder: {err}", file=sys.stderr)
         return 2
     logging.basicConfig(level=cfg.log_level.upper(),

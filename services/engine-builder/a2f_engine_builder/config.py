@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, get_args
 
+from a2f_config import EnvLoader
 from a2f_engine.targets import PRECISIONS
 
 ENV_PREFIX = "A2F_ENGINE_BUILDER_"
-BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime")
+Backend = Literal["auto", "tensorrt", "onnxruntime"]
+Precision = Literal["fp32", "fp16"]
+BACKEND_CHOICES: tuple[Backend, ...] = get_args(Backend)
+PRECISION_CHOICES: tuple[Precision, ...] = get_args(Precision)
 _FALSE = {"", "0", "false", "no", "off", "n"}
+
+#: ``A2F_ENGINE_BUILDER_<FIELD>``; the models root also from the seed's ``A2F_MODEL_DATA_PATH``
+#: (the prefixed name wins when both are set).
+ENV = EnvLoader(ENV_PREFIX, {"models_root": (ENV_PREFIX + "MODELS_ROOT", "A2F_MODEL_DATA_PATH")})
+#: The seed's flags, read with :func:`env_flag` when the prefixed variable is not set.
+SEED_FLAGS = {"skip_build": "SKIP_TRT_BUILD", "force_rebuild": "FORCE_TRT_REBUILD"}
 
 
 def env_flag(value: str | None) -> bool:
@@ -46,8 +57,8 @@ class BuilderConfig:
     """
 
     models_root: Path = Path("/data/models")
-    backend: str = "auto"
-    precision: str = "fp32"
+    backend: Backend = "auto"
+    precision: Precision = "fp32"
     once: bool = False
     skip_build: bool = False
     force_rebuild: bool = False
@@ -81,33 +92,16 @@ class BuilderConfig:
 
     @classmethod
     def env_name(cls, field_name: str) -> str:
-        return ENV_PREFIX + field_name.upper()
+        return ENV.env_name(field_name)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> BuilderConfig:
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> BuilderConfig:
         """Defaults overridden by ``A2F_ENGINE_BUILDER_<FIELD>`` variables and the seed's
-        ``A2F_MODEL_DATA_PATH``, ``SKIP_TRT_BUILD`` and ``FORCE_TRT_REBUILD``."""
+        ``A2F_MODEL_DATA_PATH``, ``SKIP_TRT_BUILD`` and ``FORCE_TRT_REBUILD``, then by
+        ``overrides`` (typed flags; None = not given)."""
         env = os.environ if env is None else env
-        kwargs: dict[str, object] = {}
-        if "A2F_MODEL_DATA_PATH" in env:
-            kwargs["models_root"] = env["A2F_MODEL_DATA_PATH"]
-        kwargs["skip_build"] = env_flag(env.get("SKIP_TRT_BUILD"))
-        kwargs["force_rebuild"] = env_flag(env.get("FORCE_TRT_REBUILD"))
-        for f in fields(cls):
-            raw = env.get(cls.env_name(f.name))
-            if raw is None:
-                continue
-            default = getattr(cls, f.name)
-            try:
-                if isinstance(default, bool):
-                    kwargs[f.name] = env_flag(raw)
-                elif isinstance(default, int):
-                    kwargs[f.name] = int(raw)
-                elif isinstance(default, float):
-                    kwargs[f.name] = float(raw)
-                else:
-                    kwargs[f.name] = raw
-            except ValueError:
-                raise ValueError(f"{cls.env_name(f.name)}={raw!r}: expected a "
-                                 f"{type(default).__name__}") from None
-        return cls(**kwargs)  # type: ignore[arg-type]
+        values = ENV.read(cls, env)
+        for name, var in SEED_FLAGS.items():
+            values.setdefault(name, env_flag(env.get(var)))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

@@ -1,9 +1,10 @@
 """``a2f-client``: stream a WAV file through an Audio2Face-3D server, like NVIDIA's sample client.
 
-Reads a 16-bit mono WAV, sends the header with the file's own sample rate, then the audio in
-1-second chunks (the first chunk carries every emotion keyframe), then end-of-audio. A
-concurrent reader collects the blendshape names, every frame and the returned audio, and at
-the end writes ``animation_frames.csv`` (``timeCode``, ``blendShapes.<Name>``) and
+Reads a 16-bit mono WAV (:func:`a2f_inference.audio.read_wav`: anything else is refused
+with the command that converts it), sends the header with the file's own sample rate, then
+the audio in 1-second chunks (the first chunk carries every emotion keyframe), then
+end-of-audio. A concurrent reader collects the blendshape names, every frame and the returned
+audio, and at the end writes ``animation_frames.csv`` (``timeCode``, ``blendShapes.<Name>``) and
 ``out.wav`` into ``<out>/output_NNNNNN/`` (the next free number).
 
 The streaming core (:func:`stream_audio`) is shared with ``a2f-bench serve`` and ``a2f-demo``.
@@ -17,25 +18,18 @@ import csv
 import logging
 import sys
 import time
-import wave
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
-from a2f_inference.proto_gen.nvidia_ace import audio_pb2, status_pb2
+from a2f_inference.audio import WavFormatError, read_wav, write_wav
+from a2f_inference.proto_gen.nvidia_ace import animation_pb2, audio_pb2, status_pb2
 from a2f_inference.proto_gen.nvidia_audio2face_3d import audio2face_pb2_grpc, messages_pb2
+from a2f_inference.protocol import IDENTITY_METADATA, MODEL_METADATA, VERSION_METADATA
 
 log = logging.getLogger(__name__)
-
-MODEL_METADATA = "x-a2f-model"
-IDENTITY_METADATA = "x-a2f-identity"
-VERSION_METADATA = "x-a2f-model-version"
-
-
-class WavFormatError(ValueError):
-    """The WAV file is not 16-bit mono PCM."""
 
 
 @dataclass(frozen=True)
@@ -92,28 +86,35 @@ class StreamResult:
         wall = self.ended_s - self.started_s
         return len(self.time_codes) / wall if wall > 0 else 0.0
 
+    def add(self, msg: messages_pb2.A2F3DAnimationDataStream, *, keep_data: bool = True) -> str:
+        """Record one response message; returns its part name (``""`` when none is set).
+        ``keep_data=False`` keeps only time codes and arrival times of the frames."""
+        part = msg.WhichOneof("stream_part") or ""
+        self.order.append(part)
+        if part == "animation_data_stream_header":
+            h = msg.animation_data_stream_header
+            self.blend_shapes = list(h.skel_animation_header.blend_shapes)
+            self.header_audio_rate = h.audio_header.samples_per_second
+        elif part == "animation_data":
+            self._add_animation(msg.animation_data, keep_data)
+        elif part == "event":
+            self.end_event = True
+        elif part == "status":
+            self.status_code = msg.status.code
+            self.status_message = msg.status.message
+        return part
 
-def read_wav(path: str | Path) -> tuple[bytes, int]:
-    """PCM bytes and sample rate of a 16-bit mono WAV; anything else is refused clearly."""
-    try:
-        with wave.open(str(path), "rb") as w:
-            channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
-            if channels != 1 or width != 2:
-                raise WavFormatError(
-                    f"{path}: {channels} channel(s), {8 * width}-bit; only 16-bit mono PCM WAV "
-                    f"is accepted (convert with: sox IN.wav -b 16 -c 1 OUT.wav)")
-            return w.readframes(w.getnframes()), rate
-    except wave.Error as err:
-        raise WavFormatError(f"{path}: not a PCM WAV file ({err}); only 16-bit mono PCM WAV "
-                             "is accepted") from err
-
-
-def write_wav(path: Path, pcm: bytes, rate: int) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm)
+    def _add_animation(self, data: animation_pb2.AnimationData, keep_data: bool) -> None:
+        now = time.perf_counter()
+        for bw in data.skel_animation.blend_shape_weights:
+            self.time_codes.append(bw.time_code)
+            self.frame_arrival_s.append(now)
+            if keep_data:
+                self.weights.append(list(bw.values))
+        if keep_data and data.HasField("audio"):
+            self.audio_time_codes.append(data.audio.time_code)
+            self.audio_sizes.append(len(data.audio.audio_buffer))
+            self.audio.extend(data.audio.audio_buffer)
 
 
 def build_requests(pcm: bytes, rate: int, *, emotions: Sequence[EmotionKey] = (),
@@ -198,32 +199,11 @@ async def stream_audio(
             if key == VERSION_METADATA:
                 result.model_version = str(value)
         async for msg in call:
-            part = msg.WhichOneof("stream_part")
-            result.order.append(part or "")
+            part = result.add(msg, keep_data=keep_data)
             if part == "animation_data_stream_header":
                 answered.set()  # the header was accepted (an error ends the call instead)
-                h = msg.animation_data_stream_header
-                result.blend_shapes = list(h.skel_animation_header.blend_shapes)
-                result.header_audio_rate = h.audio_header.samples_per_second
-            elif part == "animation_data":
-                now = time.perf_counter()
-                data = msg.animation_data
-                for bw in data.skel_animation.blend_shape_weights:
-                    result.time_codes.append(bw.time_code)
-                    result.frame_arrival_s.append(now)
-                    if keep_data:
-                        result.weights.append(list(bw.values))
-                if keep_data and data.HasField("audio"):
-                    result.audio_time_codes.append(data.audio.time_code)
-                    result.audio_sizes.append(len(data.audio.audio_buffer))
-                    result.audio.extend(data.audio.audio_buffer)
-                if on_frame is not None:
-                    on_frame(result)
-            elif part == "event":
-                result.end_event = True
-            elif part == "status":
-                result.status_code = msg.status.code
-                result.status_message = msg.status.message
+            elif part == "animation_data" and on_frame is not None:
+                on_frame(result)
         result.grpc_code = await call.code()
         result.grpc_details = await call.details() or ""
     except grpc.aio.AioRpcError as err:
@@ -340,21 +320,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def synthetic_speech(seconds: float, rate: int = 16000, seed: int = 0) -> bytes:
-    """Speech-like 16-bit PCM: voiced syllables (a gliding pitch with formant-like harmonics,
-    about 4 per second) separated by short pauses. For demos, tests and benchmarks."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    n = int(seconds * rate)
-    t = np.arange(n) / rate
-    pitch = 120 + 30 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6))
-    phase = 2 * np.pi * np.cumsum(pitch) / rate
-    voice = sum(np.sin(k * phase) / k for k in range(1, 12))
-    syllable = np.clip(np.sin(2 * np.pi * 4.0 * t + rng.uniform(0, 6)), 0, None) ** 0.7
-    pauses = (np.sin(2 * np.pi * 0.35 * t) > -0.8).astype(np.float64)
-    noise = 0.05 * rng.standard_normal(n)
-    x = (voice * syllable * pauses + noise * syllable) * 0.25
-    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()

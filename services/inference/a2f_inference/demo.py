@@ -16,70 +16,18 @@ import logging
 import os
 import sys
 import time
-import wave
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from a2f_inference.audio import WavFormatError, read_wav, speech_like, to_pcm16, write_wav
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_WORK_DIR = ".a2f-local/demo"
 KINDS = ("regression", "diffusion")
-
-
-# -- signals ---------------------------------------------------------------------------------
-def speech_like(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
-    """A deterministic speech-like float32 signal in [-1, 1]: voiced syllables (a gliding
-    fundamental with formant-shaped harmonics, 3-6 per second, varied vowels) and short
-    pauses, starting with a little silence."""
-    rng = np.random.default_rng(seed)
-    n = round(seconds * rate)
-    out = np.zeros(n, dtype=np.float64)
-    vowels = [(730, 1090), (270, 2290), (300, 870), (530, 1840), (570, 840)]  # a i u e o
-    pos = int(0.15 * rate)
-    while pos < n:
-        dur = int(rng.uniform(0.12, 0.3) * rate)
-        end = min(n, pos + dur)
-        m = end - pos
-        t = np.arange(m) / rate
-        f0 = rng.uniform(100, 190) * (1 + 0.1 * np.sin(2 * np.pi * rng.uniform(1, 3) * t))
-        phase = 2 * np.pi * np.cumsum(f0) / rate
-        f1, f2 = vowels[int(rng.integers(len(vowels)))]
-        sig = np.zeros(m)
-        for h in range(1, 30):
-            fh = h * f0.mean()
-            if fh > rate / 2 - 500:
-                break
-            amp = (np.exp(-(((fh - f1) / 120) ** 2)) + 0.6 * np.exp(-(((fh - f2) / 180) ** 2))
-                   + 0.02 / h)
-            sig += amp * np.sin(h * phase)
-        env = np.sin(np.pi * np.arange(m) / max(1, m)) ** 2
-        out[pos:end] += env * sig
-        pos = end + int(rng.choice([0.03, 0.06, 0.25], p=[0.6, 0.3, 0.1]) * rate)
-    peak = np.max(np.abs(out)) if n else 0.0
-    if peak > 0:
-        out *= 0.7 / peak
-    return out.astype(np.float32)
-
-
-def to_pcm16(x: np.ndarray) -> bytes:
-    """float [-1, 1] -> 16-bit little-endian PCM bytes."""
-    return (np.clip(x, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
-
-
-def read_wav(path: str | os.PathLike[str]) -> tuple[bytes, int]:
-    """16-bit PCM WAV -> (mono PCM bytes, sample rate); several channels are averaged."""
-    with wave.open(os.fspath(path), "rb") as w:
-        if w.getsampwidth() != 2:
-            raise SystemExit(f"{path}: {8 * w.getsampwidth()}-bit samples; only 16-bit PCM "
-                             "WAV files are supported")
-        ch, rate = w.getnchannels(), w.getframerate()
-        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    if ch > 1:
-        data = data.reshape(-1, ch).mean(axis=1).round().astype("<i2")
-    return data.tobytes(), rate
 
 
 # -- the demo --------------------------------------------------------------------------------
@@ -205,8 +153,6 @@ def speech_wav(work: Path, seconds: float) -> tuple[Path, str]:
             return path, "espeak-ng"
         except (OSError, subprocess.SubprocessError) as err:
             logger.warning("espeak-ng failed (%s); using the synthetic voice", err)
-    from a2f_inference.client import write_wav
-
     write_wav(path, to_pcm16(speech_like(seconds, 16000)), 16000)
     return path, "synthetic voice"
 
@@ -269,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="a2f-demo",
         description="Run speech through the Audio2Face-3D pipeline on stand-in models and "
                     "print the animation.")
-    p.add_argument("--wav", help="16-bit PCM WAV to animate (default: a synthetic voice)")
+    p.add_argument("--wav", help="16-bit mono PCM WAV to animate (default: a synthetic voice)")
     p.add_argument("--seconds", type=float, default=4.0,
                    help="length of the synthetic voice in seconds (default 4)")
     p.add_argument("--kind", choices=(*KINDS, "both"), default="both",
@@ -294,7 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         kinds = KINDS if args.kind == "both" else (args.kind,)
         return run_server_demo(work, kinds, Path(args.wav) if args.wav else None, args.seconds)
     if args.wav:
-        pcm, rate = read_wav(args.wav)
+        try:
+            pcm, rate = read_wav(args.wav)
+        except (WavFormatError, FileNotFoundError) as err:
+            print(f"a2f-demo: {err}", file=sys.stderr)
+            return 2
     else:
         rate = 16000
         pcm = to_pcm16(speech_like(args.seconds, rate))
@@ -302,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model:
         from a2f_volume.model_folder import load_model_folder
 
-        runs = [(load_model_folder(args.model).kind, Path(args.model))]
+        runs: list[tuple[str, Path]] = [(load_model_folder(args.model).kind, Path(args.model))]
     else:
         kinds = KINDS if args.kind == "both" else (args.kind,)
         runs = [(k, standin_dir(work, k)) for k in kinds]

@@ -21,7 +21,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from a2f_model_sync.config import ENV_PREFIX, SyncConfig
+from a2f_model_sync.config import ENV, ENV_PREFIX, SyncConfig
 from a2f_model_sync.health import HealthServer
 from a2f_model_sync.metrics import SyncMetrics
 from a2f_model_sync.s3source import SourceError, open_source
@@ -31,39 +31,40 @@ from a2f_volume.errors import InvalidArgumentError
 logger = logging.getLogger(__name__)
 
 
+#: Help of each flag; the variables a flag's setting is also read from are appended.
+FLAG_HELP = {
+    "source": "s3://BUCKET/PREFIX or file:///DIR",
+    "dest": "models root (default /data/models)",
+    "once": "one pass; exit 0 only when the volume matches the source",
+    "interval_s": "daemon polling interval (default 60)",
+    "jitter_fraction": "random extra of up to this fraction of the interval (default 0.1)",
+    "endpoint_url": "S3-compatible endpoint URL (MinIO, ...)",
+    "delete": "remove models that are gone from the source (default: keep them)",
+    "adopt": "move a plain model directory into the versions store instead of refusing to "
+             "replace it",
+    "max_concurrency": "parallel GETs (default 10)",
+    "multipart_chunk_bytes": "ranged-GET size for large objects (default 8 MiB)",
+    "max_bytes_per_s": "bandwidth limit, 0 = none (default)",
+    "health_host": "listen address of the health endpoints (default 0.0.0.0)",
+    "health_port": "/ready, /healthz, /metrics port (default 9103; -1 disables)",
+    "grace_s": "old versions live at least this long (default 600)",
+    "keep_versions": "old versions kept at most (default 2)",
+    "once_attempts": "passes tried by --once (default 3)",
+    "retry_max_s": "longest back-off between failed passes of the daemon (default 300)",
+    "s3_max_attempts": "attempts per S3 request with exponential back-off (default 6)",
+    "log_level": "DEBUG, INFO (default), WARNING, ERROR",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     env = ENV_PREFIX
     p = argparse.ArgumentParser(
         prog="a2f-model-sync",
         description="Mirror model folders from S3 into the model volume, publishing each "
         "changed model as a complete version switched atomically. Every flag doubles as an "
-        f"environment variable {env}<FLAG> (e.g. {env}INTERVAL_S).",
+        f"environment variable {env}<FLAG> (e.g. {env}INTERVAL_S); a flag wins.",
     )
-    p.add_argument("--source", help=f"s3://BUCKET/PREFIX or file:///DIR ({env}SOURCE)")
-    p.add_argument("--dest", help=f"models root ({env}DEST, else A2F_MODEL_DATA_PATH, "
-                   "default /data/models)")
-    p.add_argument("--once", action="store_const", const=True,
-                   help="one pass; exit 0 only when the volume matches the source")
-    p.add_argument("--interval-s", type=float, help="daemon polling interval (default 60)")
-    p.add_argument("--endpoint-url", help="S3-compatible endpoint URL (MinIO, ...)")
-    p.add_argument("--delete", action="store_const", const=True,
-                   help="remove models that are gone from the source (default: keep them)")
-    p.add_argument("--adopt", action="store_const", const=True,
-                   help="move a plain model directory into the versions store instead of "
-                   "refusing to replace it")
-    p.add_argument("--max-concurrency", type=int, help="parallel GETs (default 10)")
-    p.add_argument("--multipart-chunk-bytes", type=int,
-                   help="ranged-GET size for large objects (default 8 MiB)")
-    p.add_argument("--max-bytes-per-s", type=int, help="bandwidth limit, 0 = none (default)")
-    p.add_argument("--health-host", help="listen address of the health endpoints")
-    p.add_argument("--health-port", type=int,
-                   help="/ready, /healthz, /metrics port (default 9103; -1 disables)")
-    p.add_argument("--grace-s", type=float, help="old versions live at least this long (600)")
-    p.add_argument("--keep-versions", type=int, help="old versions kept at most (default 2)")
-    p.add_argument("--once-attempts", type=int, help="passes tried by --once (default 3)")
-    p.add_argument("--s3-max-attempts", type=int,
-                   help="attempts per S3 request with exponential back-off (default 6)")
-    p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+    ENV.add_flags(p, SyncConfig, FLAG_HELP)
     p.add_argument("--check-ready", action="store_true",
                    help="exit 0 if a running daemon on --health-port reports ready (for an "
                    "exec probe), else 3")

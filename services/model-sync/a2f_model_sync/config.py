@@ -8,15 +8,18 @@ destination. Credentials, region and endpoint also follow boto3's own variables
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from a2f_config import EnvLoader
 from a2f_volume.errors import InvalidArgumentError
 
 ENV_PREFIX = "A2F_MODEL_SYNC_"
+#: ``A2F_MODEL_SYNC_<FIELD>``; the destination also from the seed's ``A2F_MODEL_DATA_PATH``
+#: (the prefixed name wins when both are set).
+ENV = EnvLoader(ENV_PREFIX, {"dest": (ENV_PREFIX + "DEST", "A2F_MODEL_DATA_PATH")})
 
 
 @dataclass(frozen=True)
@@ -95,34 +98,4 @@ class SyncConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> SyncConfig:
         """Build from ``A2F_MODEL_SYNC_*`` variables; ``overrides`` (CLI flags) win."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        if env.get("A2F_MODEL_DATA_PATH"):
-            values["dest"] = env["A2F_MODEL_DATA_PATH"]
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _parse(f.name, raw, f.type)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-
-def _parse(name: str, raw: str, typ: Any) -> Any:
-    t = str(typ)
-    try:
-        if t == "bool":
-            low = raw.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if t == "int":
-            return int(raw)
-        if t == "float":
-            return float(raw)
-    except ValueError as err:
-        raise InvalidArgumentError(
-            f"{ENV_PREFIX}{name.upper()}={raw!r}: expected a {t}") from err
-    return raw
+        return ENV.load(cls, env, overrides)

@@ -342,7 +342,7 @@ class ModelSync:
             records: dict[str, versions.ObjectRecord] = {}
             for path, rec in plan.keep.items():
                 assert old_dir is not None
-                versions.link_or_copy(old_dir / path, stage / path)
+                versions.link_new_file(old_dir / path, stage / path)
                 records[path] = rec
             opts = TransferOptions(
                 chunk_bytes=self.config.multipart_chunk_bytes,

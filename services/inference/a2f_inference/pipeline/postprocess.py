@@ -35,19 +35,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_info, threadpool_limits
 
 from a2f_volume.errors import InvalidArgumentError
 from a2f_volume.model_folder import (
     ARKIT_SKIN_NPZ_KEYS,
-    SACCADE_LEN,
     TONGUE_NAMES,
     BlendshapeSet,
     Identity,
     ModelFolder,
 )
 
+from .blas import limit_blas_threads
 from .params import OUTPUT_BLENDSHAPE_NAMES, BlendshapeParamsNim, FaceParams
+from .pose import eye_rotations, face_mask, jaw_transforms, rigid_fit, saccade_index
+from .row_layout import RowLayout
+from .smoothing import SecondOrderSmoother, smooth_streams, smoothing_alpha
 from .solve import (
     BlendshapeSolver,
     ObjectKeyedLRU,
@@ -58,10 +60,15 @@ from .solve import (
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "NUM_OUTPUT_WEIGHTS", "FramePostprocessor", "PoseFrames", "RowLayout", "SecondOrderSmoother",
+    "SkinProjection", "TongueProjection", "eye_rotations", "face_mask", "jaw_transforms",
+    "limit_blas_threads", "process_streams", "rigid_fit", "saccade_index", "skin_projection",
+    "smoothing_alpha", "tongue_projection",
+]  # fmt: skip
+
 #: Weights per output frame: 52 skin then 16 tongue (NIM order).
 NUM_OUTPUT_WEIGHTS = len(OUTPUT_BLENDSHAPE_NAMES)
-#: Saccade table frame rate (index = seed + time * 30).
-SACCADE_FPS = 30.0
 #: Projection cache entries (diffusion entries are ~2 * P * 72006 float32 each).
 PROJECTION_CACHE_SIZE = 8
 #: Projection entries below this fraction of the largest one are dropped (see _no_subnormals).
@@ -70,122 +77,6 @@ _NEGLIGIBLE = 1e-10
 
 # --------------------------------------------------------------------------------------
 # building blocks
-
-
-@dataclass(frozen=True)
-class RowLayout:
-    """Where skin, tongue, jaw and eyes sit in one network output row."""
-
-    skin: slice
-    tongue: slice
-    jaw: slice
-    eyes: slice
-    size: int
-
-    @classmethod
-    def of(cls, model: ModelFolder) -> RowLayout:
-        if model.regression is not None:
-            r = model.regression
-            sizes = (r.num_shapes_skin, r.num_shapes_tongue, r.result_jaw_size, r.result_eyes_size)
-        elif model.diffusion is not None:
-            d = model.diffusion
-            sizes = (d.skin_size, d.tongue_size, d.jaw_size, d.eyes_size)
-        else:  # pragma: no cover - ModelFolder always has one
-            raise InvalidArgumentError(f"model {model.name!r} has no network spec")
-        ends = np.cumsum(sizes).tolist()
-        starts = [0, *ends[:-1]]
-        s = [slice(a, b) for a, b in zip(starts, ends, strict=True)]
-        return cls(s[0], s[1], s[2], s[3], int(ends[-1]))
-
-
-def smoothing_alpha(dt_s: float, smoothing_s: float) -> float:
-    """``1 - 0.5 ** (dt / smoothing)``; 1 (pass-through) when ``smoothing`` is 0."""
-    if smoothing_s <= 0.0:
-        return 1.0
-    return float(1.0 - 0.5 ** (dt_s / smoothing_s))
-
-
-class SecondOrderSmoother:
-    """Two cascaded exponential smoothers over vectors; the first frame seeds both."""
-
-    def __init__(self, smoothing_s: float, dt_s: float) -> None:
-        self.alpha = smoothing_alpha(dt_s, smoothing_s)
-        self._s1: np.ndarray | None = None
-        self._s2: np.ndarray | None = None
-
-    def reset(self) -> None:
-        self._s1 = self._s2 = None
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Filter ``[F, D]`` consecutive frames; returns ``[F, D]`` (float64)."""
-        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
-        if self.alpha >= 1.0:
-            self._s1 = self._s2 = x[-1].copy()
-            return x.copy()
-        if x.shape[0] == 0:
-            return x.copy()
-        if self._s1 is None or self._s2 is None:
-            self._s1, self._s2 = x[0].copy(), x[0].copy()  # the first frame seeds both
-        s1, s2 = _two_stages(x[None], self._s1[None], self._s2[None], self.alpha)
-        self._s1, self._s2 = s1[0, -1].copy(), s2[0, -1].copy()
-        return s2[0]
-
-
-def face_mask(neutral_skin: np.ndarray, level: float, softness: float) -> np.ndarray:
-    """Per-vertex lower-face weight: ``sigmoid((level - y_norm) / softness)`` ([V], float64).
-
-    ``y_norm`` is the neutral's y mapped to [0, 1]; 1 means lower face, 0 upper face.
-    """
-    y = np.asarray(neutral_skin, dtype=np.float64).reshape(-1, 3)[:, 1]
-    span = float(y.max() - y.min())
-    yn = (y - y.min()) / span if span > 0 else np.zeros_like(y)
-    z = (level - yn) / max(softness, 1e-12)
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free sigmoid
-
-
-def rigid_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Best rigid transform (Kabsch, no scale) mapping points ``src`` [K,3] onto ``dst``;
-    returns a 4x4 matrix ``T`` with ``dst ≈ (T @ [src, 1]ᵀ)[:3]``."""
-    src = np.asarray(src, dtype=np.float64).reshape(-1, 3)
-    dst = np.asarray(dst, dtype=np.float64).reshape(-1, 3)
-    cs, cd = src.mean(axis=0), dst.mean(axis=0)
-    h = (src - cs).T @ (dst - cd)
-    u, _, vt = np.linalg.svd(h)
-    d = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
-    r = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
-    t = np.eye(4)
-    t[:3, :3] = r
-    t[:3, 3] = cd - r @ cs
-    return t
-
-
-def saccade_index(seed: float, time_s: np.ndarray) -> np.ndarray:
-    """``(seed + time * 30) mod 5000`` as integer rows of the saccade table."""
-    idx = np.floor(seed + np.asarray(time_s, dtype=np.float64) * SACCADE_FPS).astype(np.int64)
-    return np.mod(idx, SACCADE_LEN)
-
-
-def eye_rotations(
-    eyes: np.ndarray, times_s: np.ndarray, face: FaceParams, saccade: np.ndarray
-) -> np.ndarray:
-    """``[F, 4]`` eye values (rX, rY, lX, lY) -> rotations: offset + strength * value +
-    saccade_strength * saccade[index]; the saccade's (x, y) applies to both eyes."""
-    e = np.atleast_2d(np.asarray(eyes, dtype=np.float64))
-    sac = np.asarray(saccade, dtype=np.float64)[saccade_index(face.eye_saccade_seed, times_s)]
-    offs = np.array(
-        [face.right_eye_rot_x_offset, face.right_eye_rot_y_offset,
-         face.left_eye_rot_x_offset, face.left_eye_rot_y_offset]
-    )  # fmt: skip
-    return offs + face.eyeballs_strength * e + face.saccade_strength * np.tile(sac, (1, 2))
-
-
-def jaw_transforms(jaw: np.ndarray, neutral_jaw: np.ndarray, face: FaceParams) -> np.ndarray:
-    """``[F, 15]`` jaw rows -> ``[F, 4, 4]`` rigid transforms of the lower teeth."""
-    j = np.atleast_2d(np.asarray(jaw, dtype=np.float64)).reshape(-1, 5, 3)
-    neutral = np.asarray(neutral_jaw, dtype=np.float64).reshape(5, 3)
-    offset = np.array([0.0, face.lower_teeth_height_offset, face.lower_teeth_depth_offset])
-    pts = j * face.lower_teeth_strength + offset + neutral
-    return np.stack([rigid_fit(neutral, p) for p in pts]) if len(pts) else np.zeros((0, 4, 4))
 
 
 def _output_index(bs: BlendshapeSet, names: tuple[str, ...], base: int) -> np.ndarray:
@@ -604,106 +495,3 @@ def _process_group(pps: list[FramePostprocessor], rows: list[np.ndarray]) -> lis
     w[:] = p0._base_row
     w[:, :, p0._joint_cols] += res * p0._joint_scale
     return [pp._nim_map(w[j, : counts[j]]) for j, pp in enumerate(pps)]
-
-
-def smooth_streams(smoothers: list[SecondOrderSmoother], x: np.ndarray, counts: list[int]
-                   ) -> np.ndarray:
-    """Run ``smoothers`` (one per stream, the same rate) over ``x`` ``[K, Fmax, D]``, stream
-    ``k`` having ``counts[k]`` frames (rows past it are padding); each smoother's state
-    advances by its own frames. Returns ``[K, Fmax, D]`` (float64; padding rows undefined).
-    """
-    a = smoothers[0].alpha
-    last = [x[k, c - 1] for k, c in enumerate(counts)]
-    if a >= 1.0:
-        for sm, v in zip(smoothers, last, strict=True):
-            sm._s1 = sm._s2 = v.copy()
-        return x
-    s1_0 = np.stack([sm._s1 if sm._s1 is not None else x[k, 0]
-                     for k, sm in enumerate(smoothers)])  # the first frame seeds both
-    s2_0 = np.stack([sm._s2 if sm._s2 is not None else x[k, 0]
-                     for k, sm in enumerate(smoothers)])
-    s1, s2 = _two_stages(x, s1_0, s2_0, a)
-    for k, (sm, c) in enumerate(zip(smoothers, counts, strict=True)):
-        sm._s1, sm._s2 = s1[k, c - 1].copy(), s2[k, c - 1].copy()
-    return s2
-
-
-def _two_stages(x: np.ndarray, s1: np.ndarray, s2: np.ndarray, a: float
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Both stages ``y[k] = (1 - a) y[k-1] + a x[k]`` over ``x`` ``[K, F, D]`` from the
-    states ``s1``, ``s2`` ``[K, D]``; returns every frame of both stages. Frame by frame
-    over all streams at once: few frames per call are the common case, where this beats
-    ``scipy.signal.lfilter``'s set-up, and the result does not depend on how the frames are
-    split into calls."""
-    out1 = np.empty(x.shape)
-    out2 = np.empty(x.shape)
-    b = 1.0 - a
-    for f in range(x.shape[1]):
-        s1 = b * s1 + a * x[:, f]
-        s2 = b * s2 + a * s1
-        out1[:, f] = s1
-        out2[:, f] = s2
-    return out1, out2
-
-
-def limit_blas_threads(threads: int = 1) -> dict[str, int]:
-    """Set the BLAS libraries of this process (OpenBLAS/MKL behind NumPy) to ``threads``.
-
-    Post-processing makes many small matrix products per frame. Multithreaded OpenBLAS
-    spin-waits for its workers and collapses (10x slower measured) when the CPU is shared
-    with the network's own thread pool or other processes, so the inference server calls
-    this once at start-up with 1. The network (ONNX Runtime / TensorRT) keeps its own
-    threads. Returns the previous thread count per library.
-    """
-    before = {str(i["internal_api"]): int(i["num_threads"]) for i in threadpool_info()
-              if i.get("user_api") == "blas"}  # fmt: skip
-    threadpool_limits(limits=threads, user_api="blas")
-    logger.info("BLAS threads set to %d (were %s)", threads, before or "none found")
-    return before
-
-
-def benchmark_postprocess(
-    model: ModelFolder,
-    frames: int = 300,
-    batch: int = 30,
-    seed: int = 0,
-    rows: np.ndarray | None = None,
-    blas_threads: int | None = 1,
-) -> float:
-    """Frames per second of :meth:`FramePostprocessor.process` for ``model`` (first
-    identity, its default parameters), fed in batches of ``batch`` consecutive frames.
-
-    ``rows`` (``[N, R]``, e.g. recorded network outputs) are cycled through; without them,
-    a smooth random walk of network-sized rows is used (consecutive frames of speech change
-    slowly, which the solver's warm start relies on). The projections are built before
-    timing (they are cached per configuration). BLAS runs with ``blas_threads`` threads
-    during the measurement, as in the server (see :func:`limit_blas_threads`); ``None``
-    leaves the library's setting.
-    """
-    with threadpool_limits(limits=blas_threads, user_api="blas"):
-        return _benchmark(model, frames, batch, seed, rows)
-
-
-def _benchmark(
-    model: ModelFolder, frames: int, batch: int, seed: int, rows: np.ndarray | None
-) -> float:
-    ident = model.identities[0]
-    pp = FramePostprocessor(model, ident, FaceParams.from_config(ident.config), fps=30.0)
-    if rows is None:
-        rng = np.random.default_rng(seed)
-        n = max(min(frames, 120), batch)
-        steps = rng.standard_normal((n, pp.layout.size), dtype=np.float32) * 0.3
-        walk = np.cumsum(steps, axis=0) / np.sqrt(np.arange(1, n + 1, dtype=np.float32))[:, None]
-        rows = walk * (0.01 if model.diffusion is not None else 1.0)
-    rows = pp._rows(rows)
-    times = np.arange(rows.shape[0]) / pp.fps
-    pp.process(rows[:batch], times[:batch])  # warm up
-    pp.reset()
-    done = 0
-    t0 = time.perf_counter()
-    while done < frames:
-        i = done % rows.shape[0]
-        chunk = rows[i : i + batch]
-        pp.process(chunk, times[i : i + batch])
-        done += chunk.shape[0]
-    return done / (time.perf_counter() - t0)

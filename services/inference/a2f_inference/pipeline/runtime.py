@@ -6,25 +6,17 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from a2f_engine.base import Engine, TensorSpec
 from a2f_inference.pipeline.params import OUTPUT_BLENDSHAPE_NAMES
 from a2f_inference.pipeline.postprocess import FramePostprocessor
-from a2f_inference.pipeline.stream import (
-    MAX_FPS,
-    MIN_FPS,
-    NETWORK_RATE_HZ,
-    StreamParams,
-    StreamSession,
-)
+from a2f_inference.pipeline.session import ReadyCallback, StreamSession, diffusion_shapes
+from a2f_inference.pipeline.stream_params import MAX_FPS, MIN_FPS, NETWORK_RATE_HZ, StreamParams
 from a2f_volume.errors import InvalidArgumentError, ModelFolderError
 from a2f_volume.model_folder import ModelFolder, load_model_folder
-
-if TYPE_CHECKING:
-    from a2f_inference.pipeline.scheduler import BatchScheduler
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +32,29 @@ def batch_axis(spec: TensorSpec) -> int:
     return _BATCH_AXIS_BY_NAME.get(spec.name, 0)
 
 
+class StreamScheduler(Protocol):
+    """What a runtime needs of the scheduler serving its streams (a
+    :class:`~a2f_inference.pipeline.scheduler.BatchScheduler`)."""
+
+    def submit(self, session: StreamSession) -> None:
+        """``session`` may have ready windows (any thread)."""
+        ...
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def stopped(self) -> bool: ...
+
+
 class ModelRuntime:
     """A model version ready to serve streams: ``open_stream`` creates sessions.
 
     ``folder`` is a loaded :class:`ModelFolder` (or a path, loaded here); ``engine`` runs its
     network. ``max_batch`` defaults to the folder's ``trt_info`` ``MAX_BATCH_SIZE``, capped
     by the engine's own limit. A :class:`~a2f_inference.pipeline.scheduler.BatchScheduler`
-    attaches itself to the runtime and serves every stream opened on it.
+    attaches itself (:meth:`attach`) and serves every stream opened on it; the runtime is
+    the sessions' :class:`~a2f_inference.pipeline.session.StreamOwner`.
     """
 
     def __init__(self, folder: ModelFolder | str | os.PathLike[str], engine: Engine, *,
@@ -68,16 +76,11 @@ class ModelRuntime:
         self.max_batch = max(1, min(limit, int(getattr(engine, "max_batch", limit) or limit)))
         self.input_specs: dict[str, TensorSpec] = {s.name: s for s in engine.inputs}
         self.output_specs: dict[str, TensorSpec] = {s.name: s for s in engine.outputs}
-        self.latent_shape: tuple[int, ...] = ()
-        self.noise_shape: tuple[int, ...] = ()
-        if self.kind == "diffusion":
-            d = folder.diffusion
-            assert d is not None
-            self.latent_shape = (d.num_diffusion_steps, d.num_gru_layers, 1, d.gru_latent_dim)
-            self.noise_shape = (1, d.num_diffusion_steps + 1, d.num_frames, d.frame_size)
+        shapes: tuple[tuple[int, ...], tuple[int, ...]] = diffusion_shapes(folder)
+        self.latent_shape, self.noise_shape = shapes
         self._lock = threading.Lock()
         self._sessions: set[StreamSession] = set()
-        self.scheduler: BatchScheduler | None = None
+        self.scheduler: StreamScheduler | None = None
 
     @property
     def lookahead_s(self) -> float:
@@ -102,14 +105,16 @@ class ModelRuntime:
     def open_stream(self, identity: str | None,
                     params: StreamParams | Mapping[str, Any] | None = None, *,
                     input_rate: int, output_fps: float = 30.0, constant_noise: bool = False,
-                    seed: int | None = None) -> StreamSession:
+                    seed: int | None = None, on_ready: ReadyCallback | None = None
+                    ) -> StreamSession:
         """Open a stream.
 
         ``identity``: an identity of the model (case-insensitive; None = the first one).
         ``params``: a :class:`StreamParams` or its NIM dict form (validated here).
         ``input_rate``: sample rate of the PCM that will be pushed (16000..144000).
         ``output_fps``: frame rate of the output. ``constant_noise`` / ``seed``: diffusion
-        noise (the same noise every inference when ``constant_noise``).
+        noise (the same noise every inference when ``constant_noise``). ``on_ready``:
+        called on a worker thread whenever the stream got frames, finished or failed.
         Raises :class:`InvalidArgumentError` / :class:`NotFoundError` on bad input.
         """
         sp = params if isinstance(params, StreamParams) else StreamParams.from_nim(params)
@@ -130,30 +135,34 @@ class ModelRuntime:
             a = self.folder.audio
             native_fps = d.num_frames * a.samplerate / a.buffer_len
         pp = FramePostprocessor(self.folder, ident, face, sp.blendshapes, native_fps)
-        session = StreamSession(self, identity_index=index, params=sp, face=face,
+        session = StreamSession(self, self.folder, identity_index=index, params=sp, face=face,
                                 postprocessor=pp, input_rate=int(input_rate),
                                 output_fps=float(output_fps), constant_noise=constant_noise,
-                                seed=seed)
+                                seed=seed, on_ready=on_ready)
         with self._lock:
             self._sessions.add(session)
         logger.debug("stream opened on %s (identity %s, %d Hz, %.4g fps)", self.name,
                      ident.name, input_rate, output_fps)
         return session
 
-    # -- called by sessions and the scheduler --------------------------------------------------
-    def _attach(self, scheduler: BatchScheduler) -> None:
+    # -- the scheduler's side -----------------------------------------------------------------
+    def attach(self, scheduler: StreamScheduler) -> None:
+        """``scheduler`` serves the streams of this runtime from now on."""
         self.scheduler = scheduler
 
-    def _detach(self, scheduler: BatchScheduler) -> None:
+    def detach(self, scheduler: StreamScheduler) -> None:
+        """``scheduler`` stopped; no-op when another one took over meanwhile."""
         if self.scheduler is scheduler:
             self.scheduler = None
 
-    def _notify(self, session: StreamSession) -> None:
+    # -- StreamOwner: called by sessions -------------------------------------------------------
+    def notify(self, session: StreamSession) -> None:
         """A session may have ready windows."""
         sched = self.scheduler
         if sched is not None:
             sched.submit(session)
 
-    def _forget(self, session: StreamSession) -> None:
+    def forget(self, session: StreamSession) -> None:
+        """A session was closed."""
         with self._lock:
             self._sessions.discard(session)

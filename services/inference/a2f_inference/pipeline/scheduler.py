@@ -11,7 +11,9 @@ in the order the batches were gathered, and finally calls ``on_ready(session)`` 
 stream that got frames (or failed). A diffusion stream never has two windows in flight (its
 GRU state goes from one inference to the next); a regression stream may put many of its
 frames in one batch. Per-stream order is guaranteed: gathering is exclusive and numbers the
-batches, and post-processing follows those numbers.
+batches, and post-processing follows those numbers (:mod:`~a2f_inference.pipeline.sequencer`).
+Besides its own ``on_ready``, every session's own callback (given at ``open_stream``) is
+called when it got frames or failed.
 """
 
 from __future__ import annotations
@@ -20,38 +22,38 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
-from a2f_inference.pipeline.frames import Frame
+from a2f_inference.pipeline.batching import (
+    BatchStats,
+    SchedulerObserver,
+    batch_feeds,
+    merged,
+    new_buffers,
+    rows,
+    views,
+)
+from a2f_inference.pipeline.completion import complete_items
 from a2f_inference.pipeline.runtime import ModelRuntime, batch_axis
-from a2f_inference.pipeline.stream import StreamParams, StreamSession, WorkItem, complete_items
-from a2f_volume.errors import DeadlineExceededError, UnavailableError
+from a2f_inference.pipeline.sequencer import PostSequencer
+from a2f_inference.pipeline.session import ReadyCallback, StreamSession, WorkItem
+from a2f_volume.errors import UnavailableError
 
 logger = logging.getLogger(__name__)
 
-ReadyCallback = Callable[[StreamSession], None]
+__all__ = ["BatchScheduler", "BatchStats", "ReadyCallback", "SchedulerObserver"]
 
 
-@dataclass(frozen=True)
-class BatchStats:
-    """What one batch did (for metrics)."""
+@dataclass
+class DoneBatch:
+    """A batch after inference, waiting for post-processing."""
 
-    size: int  # windows in the batch
-    streams: int  # streams in the batch
-    queue_wait_s: tuple[float, ...]  # per stream: from its windows being ready to the run
-    inference_s: float  # engine.run wall time
-    postprocess_s: float  # post-processing wall time, all streams of the batch
-    postprocess_wait_s: float = 0.0  # from the end of inference to post-processing's start
-
-
-class SchedulerObserver(Protocol):
-    """Optional metrics hook; called on the worker thread after every batch."""
-
-    def on_batch(self, stats: BatchStats) -> None: ...
+    items: list[WorkItem]
+    parts: list[dict[str, np.ndarray]]
+    t_start: float
+    t_inf: float
 
 
 class BatchScheduler:
@@ -61,7 +63,8 @@ class BatchScheduler:
     ``MAX_BATCH_SIZE`` capped by the engine). ``max_wait_s``: how long a non-full batch
     waits for other streams' windows (only when other streams are open). ``on_ready``: called
     on the worker thread with each session that got frames or failed (the server wraps it in
-    ``loop.call_soon_threadsafe``). ``observer``: optional :class:`SchedulerObserver`.
+    ``loop.call_soon_threadsafe``); each session's own ``on_ready`` is called as well.
+    ``observer``: optional :class:`SchedulerObserver`.
     ``pipelined``: post-process on a second thread while the engine runs the next batch.
     That pays off when the engine leaves CPU idle (TensorRT on a GPU; the server, whose event
     loop and gaps between batches leave room); in a process that only runs batches with ONNX
@@ -94,45 +97,38 @@ class BatchScheduler:
         self._threads: list[threading.Thread] = []
         self.pipelined = pipelined
         # Gathering is exclusive (a stream's windows are taken in order) and numbers the
-        # batches; post-processing takes them in that order from ``_done`` (batches whose
-        # inference finished early wait there). At most ``_ahead`` batches may be gathered
-        # beyond the one post-processing waits for: back-pressure on the engine.
+        # batches; the sequencer post-processes them in that order.
         self._gather_lock = threading.Lock()
-        self._post_cond = threading.Condition()
-        self._next_seq = 0  # number of the next batch gathered
-        self._post_seq = 0  # number of the next batch to post-process
-        self._done: dict[int, _Done | None] = {}  # None: the batch failed, nothing to do
-        self._posting = False  # a worker is post-processing (inline mode)
+        self._post: PostSequencer[DoneBatch] = PostSequencer(
+            runtime.name, self._postprocess, pipelined=pipelined, ahead=self.workers + 1)
+        self._count_lock = threading.Lock()
         self._busy = 0  # workers running a batch (inference, or inline post-processing)
-        self._ahead = self.workers + 1
-        self._post_thread: threading.Thread | None = None
-        self._workers_left = 0
         self._stopping = False
         self._stopped = False
-        self._abort = False  # grace period over: drop what is left
         self.batches = 0
         self.windows = 0
-        runtime._attach(self)
+        runtime.attach(self)
 
     @property
     def running(self) -> bool:
         return (any(t.is_alive() for t in self._threads) and not self._stopping)
+
+    @property
+    def stopped(self) -> bool:
+        """True once :meth:`stop` was called (a stopped scheduler does not start again)."""
+        return self._stopped
 
     def start(self) -> None:
         """Start the worker threads (idempotent) and pick up streams already open."""
         with self._cond:
             if self._threads or self._stopped:
                 return
-            self._workers_left = self.workers
             self._threads = [
                 threading.Thread(target=self._run, args=(i,), daemon=True,
                                  name=f"a2f-batch-{self.runtime.name}"
                                  + (f"-{i}" if self.workers > 1 else ""))
                 for i in range(self.workers)]
-            if self.pipelined:
-                self._post_thread = threading.Thread(
-                    target=self._run_post, name=f"a2f-post-{self.runtime.name}", daemon=True)
-                self._post_thread.start()
+            self._post.start(self.workers)
             for t in self._threads:
                 t.start()
         for s in self.runtime.sessions():
@@ -156,13 +152,9 @@ class BatchScheduler:
         if any(t.is_alive() for t in threads):
             logger.warning("batch workers of %s still busy after %.1fs; abandoning the "
                            "remaining work", self.runtime.name, grace_s)
-            self._abort = True
-            with self._post_cond:
-                self._post_cond.notify_all()
-        post = self._post_thread
-        if post is not None:
-            post.join(max(0.0, deadline - time.monotonic()) + 0.1)
-        self.runtime._detach(self)
+            self._post.abort()
+        self._post.join(max(0.0, deadline - time.monotonic()) + 0.1)
+        self.runtime.detach(self)
         err = UnavailableError(f"model {self.runtime.name!r} was unloaded; reopen the stream")
         for s in self.runtime.sessions():
             if not s.finished and s.error is None:
@@ -193,12 +185,12 @@ class BatchScheduler:
                 with self._cond:
                     while not self._queue and not self._stopping:
                         self._cond.wait()
-                    if (not self._queue and self._stopping) or self._abort:
+                    if (not self._queue and self._stopping) or self._post.aborted:
                         break
-                if not self._wait_turn():
+                if not self._post.wait_turn():
                     break
                 if buffers is None:
-                    buffers = self._new_buffers()
+                    buffers = new_buffers(self.runtime.input_specs.values(), self.max_batch)
                 with self._gather_lock:
                     try:
                         groups = self._gather(buffers)
@@ -208,9 +200,8 @@ class BatchScheduler:
                         continue
                     if not groups:
                         continue
-                    seq = self._next_seq
-                    self._next_seq += 1
-                    with self._post_cond:
+                    seq = self._post.take_number()
+                    with self._count_lock:
                         self._busy += 1
                 try:
                     try:
@@ -219,59 +210,14 @@ class BatchScheduler:
                         logger.exception("batch worker of %s: unexpected error",
                                          self.runtime.name)
                         done = None
-                    self._hand_over(seq, done)
+                    self._post.hand_over(seq, done)
                 finally:
-                    with self._post_cond:
+                    with self._count_lock:
                         self._busy -= 1
         finally:
-            with self._post_cond:
-                self._workers_left -= 1
-                last = self._workers_left == 0
-                self._post_cond.notify_all()
-            if last:
+            if self._post.worker_exited():
                 logger.info("batch scheduler of %s stopped after %d batches (%d windows)",
                             self.runtime.name, self.batches, self.windows)
-
-    def _wait_turn(self) -> bool:
-        """Back-pressure: wait while too many batches wait for post-processing (False when
-        the scheduler is aborting)."""
-        with self._post_cond:
-            while self._next_seq - self._post_seq >= self._ahead and not self._abort:
-                self._post_cond.wait(0.5)
-            return not self._abort
-
-    def _hand_over(self, seq: int, done: _Done | None) -> None:
-        """A batch's inference is over: post-process it in gathering order. Inline, the
-        worker post-processes every batch that is due, its own and those other workers left
-        waiting for it; pipelined, the post-processing thread does."""
-        with self._post_cond:
-            self._done[seq] = done
-            self._post_cond.notify_all()
-            if self.pipelined or self._posting:
-                return
-            self._posting = True
-        self._drain(inline=True)
-
-    def _drain(self, inline: bool) -> None:
-        """Post-process the batches that are due, in order. ``inline``: the caller holds the
-        posting turn, given back when nothing is due (in the same critical section as that
-        check, so a batch handed over meanwhile is never left behind)."""
-        while True:
-            with self._post_cond:
-                if self._post_seq not in self._done:
-                    if inline:
-                        self._posting = False
-                    return
-                done = self._done.pop(self._post_seq)
-            try:
-                if done is not None:
-                    self._postprocess(done)
-            except Exception:  # the thread must survive; the streams already failed
-                logger.exception("post-processing of %s: unexpected error", self.runtime.name)
-            finally:
-                with self._post_cond:
-                    self._post_seq += 1
-                    self._post_cond.notify_all()
 
     def _gather(self, buffers: dict[str, np.ndarray]) -> list[list[WorkItem]]:
         """Ready windows for one batch: per stream (first come first), its items in order,
@@ -289,7 +235,7 @@ class BatchScheduler:
                     self._queued.discard(session)
                     waiting = len(self._queue)
                 share = max(1, (limit - total) // (waiting + 1))
-                item = session.take_work(share, _views(buffers, total, share))
+                item = session.take_work(share, views(buffers, total, share))
                 if item is None:
                     continue
                 item.batch_pos = total
@@ -318,7 +264,7 @@ class BatchScheduler:
         even share of the windows ready now, so that the idle workers run the rest side by
         side instead of one worker running everything while they wait (one batch of 2B
         windows on one core takes as long as two batches of B on two)."""
-        with self._post_cond:
+        with self._count_lock:
             idle = self.workers - self._busy
         if idle <= 1:
             return self.max_batch
@@ -327,43 +273,17 @@ class BatchScheduler:
         ready = sum(s.ready_windows() for s in queued)
         return max(1, min(self.max_batch, -(-ready // idle)))
 
-    def _new_buffers(self) -> dict[str, np.ndarray]:
-        """A worker's reusable batch input buffer: room for ``max_batch`` windows of every
-        input whose only dynamic axis is the leading batch axis (empty otherwise)."""
-        specs = self.runtime.input_specs.values()
-        if not specs or any(batch_axis(s) != 0 or min(s.shape[1:], default=1) < 1
-                            for s in specs):
-            return {}
-        return {s.name: np.zeros((self.max_batch, *s.shape[1:]), s.dtype) for s in specs}
-
-    def _batch_feeds(self, flat: list[WorkItem], buffers: dict[str, np.ndarray]
-                     ) -> dict[str, np.ndarray]:
-        """The engine inputs of the batch: a prefix of the batch buffer when every window
-        was written there in order, else the items' inputs concatenated."""
-        feeds = {}
-        total = sum(it.count for it in flat)
-        for name, spec in self.runtime.input_specs.items():
-            arrays = [it.feeds[name] for it in flat]
-            buf = buffers.get(name)
-            if buf is not None and _in_order(arrays, buf):
-                feeds[name] = buf[:total]
-            elif len(arrays) == 1:
-                feeds[name] = arrays[0]
-            else:
-                feeds[name] = np.concatenate(arrays, axis=batch_axis(spec))
-        return feeds
-
     def _run_batch(self, groups: list[list[WorkItem]], buffers: dict[str, np.ndarray]
-                   ) -> _Done | None:
+                   ) -> DoneBatch | None:
         """Inference of one batch; the batch for post-processing (None if it failed)."""
         runtime = self.runtime
         t_start = time.perf_counter()
         # the batch holds the windows in the order they were taken (a stream may have taken
         # twice); from here on one item per stream, its output rows gathered from its parts
         flat = sorted((it for g in groups for it in g), key=lambda it: it.batch_pos)
-        items = [g[0] if len(g) == 1 else _merged(g) for g in groups]
+        items = [g[0] if len(g) == 1 else merged(g) for g in groups]
         try:
-            feeds = self._batch_feeds(flat, buffers)
+            feeds = batch_feeds(runtime.input_specs, flat, buffers)
             outputs = runtime.engine.run(feeds)
         except Exception as err:  # reported to every stream of the batch
             logger.exception("inference on %s failed for a batch of %d windows", runtime.name,
@@ -384,29 +304,17 @@ class BatchScheduler:
         for group, it in zip(groups, items, strict=True):
             part = {}
             for name, arr in outputs.items():
-                pieces = [_rows(arr, axes[name], starts[id(g)], g.count) for g in group]
+                pieces = [rows(arr, axes[name], starts[id(g)], g.count) for g in group]
                 part[name] = (pieces[0] if len(pieces) == 1
                               else np.concatenate(pieces, axis=axes[name]))
             it.session.accept(it, part)
             parts.append(part)
-        with self._post_cond:
+        with self._count_lock:
             self.batches += 1
             self.windows += offset
-        return _Done(items, parts, t_start, t_inf)
+        return DoneBatch(items, parts, t_start, t_inf)
 
-    def _run_post(self) -> None:
-        """Pipelined post-processing: batch after batch in gathering order, until every
-        worker has stopped and nothing is left (or the scheduler aborts)."""
-        while True:
-            with self._post_cond:
-                while (self._post_seq not in self._done and not self._abort
-                       and (self._workers_left > 0 or not self._threads)):
-                    self._post_cond.wait()
-                if self._post_seq not in self._done:
-                    return
-            self._drain(inline=False)
-
-    def _postprocess(self, done: _Done) -> None:
+    def _postprocess(self, done: DoneBatch) -> None:
         t0 = time.perf_counter()
         complete_items(done.items, done.parts)
         t_end = time.perf_counter()
@@ -424,6 +332,7 @@ class BatchScheduler:
                 logger.exception("scheduler observer failed")
 
     def _ready(self, session: StreamSession) -> None:
+        session.signal_ready()
         cb = self.on_ready
         if cb is None:
             return
@@ -431,94 +340,3 @@ class BatchScheduler:
             cb(session)
         except Exception:  # a listener must not stop the worker
             logger.exception("on_ready callback failed")
-
-
-@dataclass
-class _Done:
-    """A batch after inference, waiting for post-processing."""
-
-    items: list[WorkItem]
-    parts: list[dict[str, np.ndarray]]
-    t_start: float
-    t_inf: float
-
-
-def _views(buffers: dict[str, np.ndarray], start: int, count: int
-           ) -> dict[str, np.ndarray] | None:
-    """Room for ``count`` windows at ``start`` in a batch input buffer (None: no buffer)."""
-    if not buffers:
-        return None
-    return {name: buf[start : start + count] for name, buf in buffers.items()}
-
-
-def _rows(arr: np.ndarray, axis: int, start: int, count: int) -> np.ndarray:
-    index = [slice(None)] * arr.ndim
-    index[axis] = slice(start, start + count)
-    return arr[tuple(index)]
-
-
-def _in_order(arrays: list[np.ndarray], buf: np.ndarray) -> bool:
-    """Whether ``arrays`` are consecutive views of ``buf`` starting at its first row."""
-    if not arrays or not all(a.base is buf for a in arrays):
-        return False
-    row = buf.strides[0]
-    pos = buf.__array_interface__["data"][0]
-    for a in arrays:
-        if a.__array_interface__["data"][0] != pos:
-            return False
-        pos += a.shape[0] * row
-    return True
-
-
-def _merged(items: list[WorkItem]) -> WorkItem:
-    """Consecutive items of one (regression) stream as one item (inputs are not kept: the
-    batch was already assembled from the parts)."""
-    first = items[0]
-    return WorkItem(first.session, sum(it.count for it in items), {}, first.first_unit,
-                    first.ready_at)
-
-
-def run_offline(runtime: ModelRuntime, pcm: bytes, rate: int, *, identity: str | None = None,
-                params: StreamParams | dict[str, object] | None = None,
-                output_fps: float = 30.0, constant_noise: bool = False, seed: int | None = None,
-                emotions: list[tuple[float, dict[str, float]]] | None = None,
-                chunk_bytes: int | None = None, timeout_s: float = 600.0) -> list[Frame]:
-    """Run one whole clip through a stream and return every frame (for tests and the demo).
-
-    Uses the runtime's running scheduler, or a temporary one. ``chunk_bytes`` feeds the PCM in
-    pieces of that size (default: all at once).
-    """
-    own: BatchScheduler | None = None
-    sched = runtime.scheduler
-    if sched is None or not sched.running:
-        own = BatchScheduler(runtime)
-        own.start()
-    session = runtime.open_stream(identity, params, input_rate=rate, output_fps=output_fps,
-                                  constant_noise=constant_noise, seed=seed)
-    frames: list[Frame] = []
-    try:
-        if emotions:
-            session.push_emotions(emotions)
-        step = chunk_bytes or max(1, len(pcm))
-        for i in range(0, len(pcm), step):
-            session.push_audio(pcm[i : i + step])
-            frames.extend(session.take_frames())
-        session.end_of_audio()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            frames.extend(session.take_frames())
-            if session.error is not None:
-                raise session.error
-            if session.done:
-                return frames
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise DeadlineExceededError(
-                    f"offline run on {runtime.name!r} took over {timeout_s:g} s")
-            session.wait(min(left, 1.0))
-    finally:
-        session.close()
-        if own is not None:
-            own.stop()
-            if sched is not None and not sched._stopped:
-                runtime._attach(sched)  # give the runtime back to its (not yet started) owner

@@ -31,7 +31,9 @@ from a2f_inference.proto_gen.nvidia_audio2face_3d import (
 )
 from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.metrics import InferenceMetrics
-from a2f_inference.server.registry import LoadedModel, ModelRegistry
+from a2f_inference.server.model import LoadedModel
+from a2f_inference.server.modes import as_engine_policy
+from a2f_inference.server.registry import ModelRegistry
 from a2f_inference.server.reload import ModelReloader, health_service_name
 from a2f_inference.server.servicers import (
     A2FControllerServicer,
@@ -71,7 +73,8 @@ class InferenceServer:
         if config.hot_reload != "off":
             self.reloader = ModelReloader(
                 config.models_root, self.registry, self.registry.load_version,
-                require_built_engine=config.engine_policy == "require-built",
+                check_engine=self.registry.engines,
+                require_built_engine=as_engine_policy(config.engine_policy) == "require-built",
                 poll_interval_s=config.reload_poll_s, debounce_s=config.reload_debounce_s,
                 use_inotify=config.hot_reload == "inotify", metrics=self.metrics,
                 on_change=self._model_changed)

@@ -9,22 +9,24 @@ model (its ``model.json``, or the folder).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
+from a2f_config import EnvLoader
+from a2f_inference.server.modes import EnginePolicy, PostprocessMode
 from a2f_volume.errors import InvalidArgumentError
 
 ENV_PREFIX = "A2F_INFERENCE_"
-ENGINE_POLICIES = ("require-built", "onnx-fallback")
-POSTPROCESS_MODES = ("overlap", "inline")
-HOT_RELOAD_MODES = ("inotify", "poll", "off")
+HotReloadMode = Literal["inotify", "poll", "off"]
+ENGINE_POLICIES: tuple[EnginePolicy, ...] = get_args(EnginePolicy)
+POSTPROCESS_MODES: tuple[PostprocessMode, ...] = get_args(PostprocessMode)
+HOT_RELOAD_MODES: tuple[HotReloadMode, ...] = get_args(HotReloadMode)
 
-# Fields whose env var is the seed's name rather than the prefixed one.
-_SEED_ENV = {"models_root": "A2F_MODEL_DATA_PATH", "model_path": "A2F_MODEL_PATH"}
+#: Where each field is read from: ``A2F_INFERENCE_<FIELD>``, except the seed's two names.
+ENV = EnvLoader(ENV_PREFIX, {"models_root": ("A2F_MODEL_DATA_PATH",),
+                             "model_path": ("A2F_MODEL_PATH",)})
 
 
 @dataclass(frozen=True)
@@ -79,11 +81,11 @@ class ServerConfig:
     grace_s: float = 30.0
     max_batch: int = 0
     max_wait_s: float = 0.004
-    engine_policy: str = "onnx-fallback"
+    engine_policy: EnginePolicy = "onnx-fallback"
     inference_workers: int = 0
     ort_threads: int = 0
-    postprocess: str = "overlap"
-    hot_reload: str = "inotify"
+    postprocess: PostprocessMode = "overlap"
+    hot_reload: HotReloadMode = "inotify"
     reload_poll_s: float = 5.0
     reload_debounce_s: float = 0.5
     log_level: str = "INFO"
@@ -128,55 +130,20 @@ class ServerConfig:
 
     @classmethod
     def env_name(cls, field_name: str) -> str:
-        return _SEED_ENV.get(field_name, ENV_PREFIX + field_name.upper())
+        return ENV.env_name(field_name)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
         """Build from environment variables, then apply ``overrides`` (already typed)."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(cls.env_name(f.name))
-            if raw is not None and raw != "":
-                values[f.name] = _convert(f, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return ENV.load(cls, environ, overrides)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """One flag per field; unset flags fall back to the env var, then the default."""
-        for f in fields(cls):
-            flag = "--" + f.name.replace("_", "-")
-            kind = _kind(f)
-            parser.add_argument(
-                flag, dest=f.name, default=None,
-                type=(Path if kind is Path else kind),
-                help=f"env {cls.env_name(f.name)}",
-            )
+        ENV.add_flags(parser, cls)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace,
                   environ: Mapping[str, str] | None = None) -> ServerConfig:
         given = {f.name: getattr(args, f.name, None) for f in fields(cls)}
         return cls.from_env(environ, **given)
-
-
-def _kind(f: dataclasses.Field[Any]) -> type:
-    t = str(f.type)
-    if "Path" in t:
-        return Path
-    if t == "int":
-        return int
-    if t == "float":
-        return float
-    return str
-
-
-def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
-    kind = _kind(f)
-    try:
-        return kind(raw)
-    except ValueError as err:
-        raise InvalidArgumentError(
-            f"invalid value {raw!r} for {ServerConfig.env_name(f.name)}: expected {kind.__name__}"
-        ) from err

@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from a2f_inference.pipeline import BatchStats
+
 STREAM_RESULTS = ("success", "error", "cancelled")
 LOAD_RESULTS = ("loaded", "failed")
 _LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -120,3 +122,23 @@ class _VersionCollector(Collector):
             "Streams open per model version; the state label says whether the version takes "
             "new streams (serving), only finishes open ones (draining) or is being loaded "
             "(loading, always 0).", labels=["model", "version", "state"])
+
+
+class BatchMetrics:
+    """Scheduler observer: batch size, queue wait, inference and post-processing time of one
+    model."""
+
+    def __init__(self, metrics: InferenceMetrics, model: str) -> None:
+        self._size = metrics.batch_size.labels(model)
+        self._wait = metrics.queue_wait.labels(model)
+        self._infer = metrics.inference_time.labels(model)
+        self._post = metrics.postprocess_time.labels(model)
+        self._post_wait = metrics.postprocess_wait.labels(model)
+
+    def on_batch(self, stats: BatchStats) -> None:
+        self._size.observe(stats.size)
+        for w in stats.queue_wait_s:
+            self._wait.observe(w)
+        self._infer.observe(stats.inference_s)
+        self._post.observe(stats.postprocess_s)
+        self._post_wait.observe(stats.postprocess_wait_s)

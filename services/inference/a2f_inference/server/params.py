@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from a2f_inference.pipeline import ModelRuntime, ReadyCallback, StreamSession
 from a2f_inference.proto_gen.nvidia_audio2face_3d import messages_pb2
 
 _POST_FIELDS = ("emotion_contrast", "live_blend_coef", "enable_preferred_emotion",
@@ -46,9 +47,11 @@ def emotion_keys(items: Iterable[messages_pb2.EmotionWithTimeCode]
     return [(float(e.time_code), dict(e.emotion)) for e in items]
 
 
-def open_session(runtime: Any, header: messages_pb2.AudioWithEmotionStreamHeader, *,
-                 identity: str | None, input_rate: int, output_fps: float) -> Any:
+def open_session(runtime: ModelRuntime, header: messages_pb2.AudioWithEmotionStreamHeader,
+                 *, identity: str | None, input_rate: int, output_fps: float,
+                 on_ready: ReadyCallback | None = None) -> StreamSession:
     """Open a pipeline stream session; the pipeline validates every parameter
-    (``InvalidArgumentError`` naming the key and the allowed range)."""
+    (``InvalidArgumentError`` naming the key and the allowed range). ``on_ready``: called on
+    a scheduler worker thread whenever the session got frames, finished or failed."""
     return runtime.open_stream(identity, header_to_dict(header), input_rate=input_rate,
-                               output_fps=output_fps)
+                               output_fps=output_fps, on_ready=on_ready)

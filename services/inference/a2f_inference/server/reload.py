@@ -30,9 +30,6 @@ registry) through a few methods, so it is tested with plain objects.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
 import logging
 import threading
 import time
@@ -41,11 +38,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-import numpy as np
-
+from a2f_inference.server.engines import EngineChecker, EngineStatus
+from a2f_inference.server.warmup import HasRuntime, warm_up_model
 from a2f_volume import layout
 from a2f_volume.errors import A2FError
-from a2f_volume.hashing import HashCache
 from a2f_volume.versions import current_version, pin
 from a2f_volume.watch import Signature, VolumeWatcher, folder_signature
 
@@ -56,41 +52,13 @@ LOAD_RESULTS = ("loaded", "failed")
 #: Prefix of the per-model gRPC health service names (``a2f.model.<name>``).
 HEALTH_PREFIX = "a2f.model."
 
-_WARMUP_RATE_HZ = 16000
-_WARMUP_SECONDS = 1.0
-_WARMUP_TIMEOUT_S = 120.0
-
-
-_libc: Any = None
-
-
-def trim_memory() -> None:
-    """Give the heap pages freed by a released version back to the operating system.
-
-    ONNX Runtime and numpy free a version's buffers when it is closed, but glibc keeps the
-    pages in its per-thread arenas; without a trim the resident size creeps up by a little
-    at every reload although nothing leaks. A no-op where ``malloc_trim`` does not exist
-    (musl, macOS).
-    """
-    global _libc
-    gc.collect()
-    if _libc is None:
-        name = ctypes.util.find_library("c")
-        try:
-            _libc = ctypes.CDLL(name) if name else False
-        except OSError:
-            _libc = False
-    trim = getattr(_libc, "malloc_trim", None) if _libc else None
-    if trim is not None:
-        trim(0)
-
 
 def health_service_name(model: str) -> str:
     """The ``grpc.health.v1`` service name that reports whether ``model`` is served."""
     return HEALTH_PREFIX + model
 
 
-class Loaded(Protocol):
+class Loaded(HasRuntime, Protocol):
     """What the reloader needs of a loaded version (the registry's ``LoadedModel``)."""
 
     name: str
@@ -136,19 +104,6 @@ class ReloadMetrics(Protocol):
 
 
 @dataclass(frozen=True)
-class EngineStatus:
-    """Whether a version directory has an engine this process may serve, and why not."""
-
-    fingerprint: str | None  # "sha256:<engine sha256>" when valid, like LoadedModel's
-    backend: str
-    reason: str
-
-    @property
-    def valid(self) -> bool:
-        return self.fingerprint is not None
-
-
-@dataclass(frozen=True)
 class ReloadStatus:
     """What the reloader is doing about one model (for the admin service and metrics)."""
 
@@ -161,106 +116,6 @@ class ReloadStatus:
     loads: int = 0
     failures: int = 0
     last_load_s: float = 0.0
-
-
-class EngineChecker:
-    """:func:`check_engine` with this process's own target, backends in serving order.
-
-    TensorRT comes first when this machine can run it, then ONNX Runtime: the same order in
-    which the registry's loader picks an engine. File hashes are cached by file identity, so
-    rescans do not re-read unchanged engines.
-    """
-
-    def __init__(self, hash_cache: HashCache | None = None) -> None:
-        self._cache = hash_cache if hash_cache is not None else HashCache()
-        self._backends: list[str] | None = None
-
-    def backends(self) -> list[str]:
-        if self._backends is None:
-            from a2f_engine.targets import choose_backend
-
-            backends = [layout.BACKEND_ONNXRUNTIME]
-            try:
-                best, why = choose_backend("auto")
-            except (RuntimeError, ValueError) as err:
-                best, why = layout.BACKEND_ONNXRUNTIME, str(err)
-            if best == layout.BACKEND_TENSORRT:
-                backends.insert(0, best)
-            log.info("engines are checked for backends %s (%s)", backends, why)
-            self._backends = backends
-        return self._backends
-
-    def __call__(self, version_dir: Path) -> EngineStatus:
-        from a2f_engine.targets import current_target
-        from a2f_volume.engine_record import check_engine
-
-        reasons = []
-        paths = layout.ModelPaths(version_dir)
-        for backend in self.backends():
-            try:
-                target = current_target(version_dir, backend)
-                check = check_engine(paths, backend, target, self._cache)
-            except (RuntimeError, ValueError, OSError, A2FError) as err:
-                reasons.append(f"{backend}: {err}")
-                continue
-            if check.record is not None:
-                return EngineStatus("sha256:" + check.record.engine_sha256, backend,
-                                    check.reason)
-            reasons.append(f"{backend}: {check.reason}")
-        return EngineStatus(None, "", "; ".join(reasons) or "no backend")
-
-
-def warm_up_model(lm: Any, seconds: float = _WARMUP_SECONDS,
-                  timeout_s: float = _WARMUP_TIMEOUT_S) -> int:
-    """Run one deterministic stream through a loaded version; the number of frames made.
-
-    The stream goes through the version's own scheduler and engine, exactly as a client's
-    would. Raises :class:`WarmUpError` unless at least one frame comes back and every frame
-    has one finite weight per blendshape name.
-    """
-    runtime = lm.runtime
-    n = int(_WARMUP_RATE_HZ * seconds)
-    t = np.arange(n, dtype=np.float64) / _WARMUP_RATE_HZ
-    rng = np.random.default_rng(1234)
-    signal = 0.3 * np.sin(2 * np.pi * 180.0 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * t))
-    signal += 0.02 * rng.standard_normal(n)
-    pcm = (np.clip(signal, -1.0, 1.0) * 32767).astype("<i2").tobytes()
-    expected = len(runtime.blendshape_names)
-    session = runtime.open_stream(None, None, input_rate=_WARMUP_RATE_HZ, constant_noise=True,
-                                  seed=0)
-    frames = 0
-    try:
-        session.push_audio(pcm)
-        session.end_of_audio()
-        deadline = time.monotonic() + timeout_s
-        while not session.done:
-            if session.error is not None:
-                raise WarmUpError(f"warm-up stream failed: {session.error}") from session.error
-            if time.monotonic() > deadline:
-                raise WarmUpError(f"warm-up stream made {frames} frame(s) in {timeout_s:.0f} s "
-                                  "and did not finish")
-            session.wait(0.5)
-            for frame in session.take_frames():
-                w = np.asarray(frame.weights)
-                if w.shape != (expected,):
-                    raise WarmUpError(f"warm-up frame {frame.index} has weights of shape "
-                                      f"{w.shape}, expected ({expected},)")
-                if not np.all(np.isfinite(w)):
-                    raise WarmUpError(f"warm-up frame {frame.index} has non-finite weights")
-                frames += 1
-        if session.error is not None:
-            raise WarmUpError(f"warm-up stream failed: {session.error}") from session.error
-    finally:
-        session.close()
-    if frames == 0:
-        raise WarmUpError("warm-up stream made no frame")
-    return frames
-
-
-class WarmUpError(A2FError):
-    """A freshly loaded version did not produce sane output on the warm-up stream."""
-
-    status = "FAILED_PRECONDITION"
 
 
 @dataclass

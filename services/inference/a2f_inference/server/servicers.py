@@ -20,7 +20,8 @@ from a2f_inference.proto_gen.nvidia_audio2face_3d import (
 from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.errors import to_status
 from a2f_inference.server.metrics import InferenceMetrics
-from a2f_inference.server.registry import LoadedModel, ModelRegistry
+from a2f_inference.server.model import LoadedModel
+from a2f_inference.server.registry import ModelRegistry
 from a2f_inference.server.reload import ReloadStatus
 from a2f_inference.server.streaming import AudioStreamCall
 

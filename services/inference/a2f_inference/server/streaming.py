@@ -20,9 +20,10 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from a2f_inference.client import IDENTITY_METADATA, MODEL_METADATA, VERSION_METADATA
+from a2f_inference.pipeline import StreamSession
 from a2f_inference.proto_gen.nvidia_ace import animation_pb2, audio_pb2, status_pb2
 from a2f_inference.proto_gen.nvidia_audio2face_3d import messages_pb2
+from a2f_inference.protocol import IDENTITY_METADATA, MODEL_METADATA, VERSION_METADATA
 from a2f_inference.server import params as stream_params
 from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.errors import to_status
@@ -76,7 +77,7 @@ class AudioStreamCall:
         self.config = config
         self.metrics = metrics
         self.model: LoadedModel | None = None
-        self.session: Any = None
+        self.session: StreamSession | None = None
         self.rate = 0
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -147,8 +148,6 @@ class AudioStreamCall:
     def _release(self) -> None:
         lm = self.model
         if self.session is not None:
-            if lm is not None:
-                lm.unlisten(self.session)
             try:
                 self.session.close()
             except Exception:
@@ -184,14 +183,13 @@ class AudioStreamCall:
         assert self.model is not None
         header = first.audio_stream_header
         self.rate = check_audio_header(header.audio_header)
-        runtime = self.model.runtime
-        self.session = stream_params.open_session(
-            runtime, header, identity=identity, input_rate=self.rate,
-            output_fps=self.config.output_fps)
-        self._lookahead_s = float(self.session.lookahead_s)
-        self.model.listen(self.session, self._on_ready)
-        names = list(self.session.blendshape_names)
-        out_rate = int(self.session.output_rate)
+        session = stream_params.open_session(
+            self.model.runtime, header, identity=identity, input_rate=self.rate,
+            output_fps=self.config.output_fps, on_ready=self._on_ready)
+        self.session = session
+        self._lookahead_s = float(session.lookahead_s)
+        names = list(session.blendshape_names)
+        out_rate = int(session.output_rate)
         return Response(animation_data_stream_header=messages_pb2.A2F3DAnimationDataStreamHeader(
             audio_header=audio_pb2.AudioHeader(
                 audio_format=audio_pb2.AudioHeader.AUDIO_FORMAT_PCM, channel_count=1,
@@ -199,7 +197,7 @@ class AudioStreamCall:
             skel_animation_header=animation_pb2.SkelAnimationHeader(blend_shapes=names),
             start_time_code_since_epoch=time.time()))
 
-    def _on_ready(self, _session: Any) -> None:
+    def _on_ready(self, _session: StreamSession) -> None:
         """Scheduler worker thread: the session has frames (or finished)."""
         self._loop.call_soon_threadsafe(self._wake.set)
 
@@ -284,6 +282,7 @@ class AudioStreamCall:
             if self._reader_error is not None:
                 raise self._reader_error
             session = self.session
+            assert session is not None
             frames = session.take_frames()
             sent = 0
             try:
@@ -302,7 +301,7 @@ class AudioStreamCall:
             finally:
                 if sent:
                     frames_sent.inc(sent)
-            error = getattr(session, "error", None)
+            error = session.error
             if error is not None:
                 raise error
             if self._reader_done and session.done and not frames:

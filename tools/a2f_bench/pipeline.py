@@ -1,13 +1,12 @@
-"""``a2f-bench``: throughput benchmarks.
+"""``a2f-bench pipeline``: the pipeline library against the network alone.
 
-``a2f-bench pipeline`` measures the whole pipeline (N streams of synthetic speech pushed
-through sessions and the batch scheduler: windowing, batched ONNX Runtime inference,
-post-processing and the blendshape solve) against the network alone (the same engine run
-on the same sequence of batch sizes, in the same process, right after, by as many workers
-side by side as the pipeline's scheduler has), and prints frames per second per core for both
-and their ratio. Inference workers and ONNX Runtime intra-op threads per worker are set
-explicitly (``--workers``, ``--threads``; default the server's automatic CPU plan) and their
-product is reported as the cores used.
+N streams of synthetic speech go through sessions and the batch scheduler (windowing, batched
+ONNX Runtime inference, post-processing and the blendshape solve); then the network alone
+runs on the same sequence of batch sizes, in the same process, right after, by as many
+workers side by side as the pipeline's scheduler has. Frames per second per core of both and
+their ratio are reported. Inference workers and ONNX Runtime intra-op threads per worker are
+set explicitly (``--workers``, ``--threads``; default the server's automatic CPU plan) and
+their product is reported as the cores used.
 """
 
 from __future__ import annotations
@@ -15,47 +14,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
-import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_info
+
+from a2f_bench.standins import standin_folder
+from a2f_engine.base import Engine
+from a2f_engine.onnxruntime_engine import OnnxRuntimeEngine, cpu_plan
+from a2f_inference.audio import speech_like, to_pcm16
+from a2f_inference.pipeline import BatchScheduler, BatchStats, ModelRuntime
+from a2f_inference.pipeline.postprocess import limit_blas_threads
+from a2f_inference.pipeline.runtime import batch_axis
+from a2f_volume.model_folder import load_model_folder
 
 logger = logging.getLogger(__name__)
-
-#: Where generated stand-ins are cached (same layout as the test fixtures' cache).
-STANDIN_CACHE = Path(".a2f-local") / "standins"
-
-Subcommand = Callable[[argparse.Namespace], int]
-
-
-def standin_folder(kind: str, size: str, root: Path = STANDIN_CACHE, seed: int = 0) -> Path:
-    """The cached stand-in ``<root>/<kind>-<size>-seed<seed>``, generated when missing or
-    made by another generator version (under a lock; published by rename)."""
-    from a2f_standin import GENERATOR_VERSION, generate
-    from a2f_volume.lock import FileLock
-
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{kind}-{size}-seed{seed}"
-    stamp = f"{GENERATOR_VERSION}\n"
-    with FileLock(root / f".{final.name}.lock"):
-        marker = final / ".standin-version"
-        if marker.is_file() and marker.read_text() == stamp:
-            return final
-        logger.info("generating the %s %s stand-in into %s", size, kind, final)
-        work = root / f".{final.name}.building-{os.getpid()}"
-        shutil.rmtree(work, ignore_errors=True)
-        generate(kind, work, size=size, seed=seed)
-        (work / ".standin-version").write_text(stamp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(work, final)
-    return final
 
 
 class _BatchLog:
@@ -66,17 +42,15 @@ class _BatchLog:
         self.inference_s = 0.0
         self.postprocess_s = 0.0
 
-    def on_batch(self, stats: Any) -> None:
+    def on_batch(self, stats: BatchStats) -> None:
         self.sizes.append(int(stats.size))
         self.inference_s += float(stats.inference_s)
         self.postprocess_s += float(stats.postprocess_s)
 
 
-def _run_pipeline(runtime: Any, clips: list[bytes], chunk_bytes: int, max_wait_s: float,
+def _run_pipeline(runtime: ModelRuntime, clips: list[bytes], chunk_bytes: int, max_wait_s: float,
                   workers: int = 1) -> tuple[int, float, float, _BatchLog]:
     """All clips through one scheduler; returns (frames, wall s, cpu s, batch log)."""
-    from a2f_inference.pipeline import BatchScheduler
-
     log = _BatchLog()
     sched = BatchScheduler(runtime, max_wait_s=max_wait_s, observer=log, workers=workers)
     sessions = [runtime.open_stream(None, None, input_rate=16000, seed=i)
@@ -108,9 +82,7 @@ def _run_pipeline(runtime: Any, clips: list[bytes], chunk_bytes: int, max_wait_s
     return frames, wall, cpu, log
 
 
-def _feeds(engine: Any, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    from a2f_inference.pipeline.runtime import batch_axis
-
+def _feeds(engine: Engine, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     out = {}
     for spec in engine.inputs:
         shape = list(spec.shape)
@@ -119,7 +91,7 @@ def _feeds(engine: Any, batch: int, rng: np.random.Generator) -> dict[str, np.nd
     return out
 
 
-def _run_network(engine: Any, sizes: list[int], workers: int = 1) -> tuple[float, float]:
+def _run_network(engine: Engine, sizes: list[int], workers: int = 1) -> tuple[float, float]:
     """The engine alone over the given batch sizes, shared out to ``workers`` threads running
     side by side as the scheduler's workers do; returns (wall s, cpu s)."""
     rng = np.random.default_rng(0)
@@ -150,11 +122,6 @@ def bench_pipeline(model: Path, *, streams: int, seconds: float, threads: int,
                    repeat: int = 5, workers: int = 1) -> dict[str, Any]:
     """Run the benchmark and return its figures (``threads``: intra-op threads of each of
     the ``workers`` inference workers)."""
-    from a2f_engine.onnxruntime_engine import OnnxRuntimeEngine
-    from a2f_inference.demo import speech_like, to_pcm16
-    from a2f_inference.pipeline import ModelRuntime
-    from a2f_volume.model_folder import load_model_folder
-
     folder = load_model_folder(model)
     mb = max_batch or folder.max_batch
     engine = OnnxRuntimeEngine(folder.onnx_path, max_batch=mb, intra_op_threads=threads)
@@ -218,8 +185,6 @@ def bench_pipeline(model: Path, *, streams: int, seconds: float, threads: int,
 
 
 def _blas_threads() -> int | None:
-    from threadpoolctl import threadpool_info
-
     counts = [int(i["num_threads"]) for i in threadpool_info() if i.get("user_api") == "blas"]
     return max(counts) if counts else None
 
@@ -247,12 +212,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         model = Path(args.model)
     else:
         model = standin_folder(args.kind, args.size)
-    from a2f_engine.onnxruntime_engine import cpu_plan
-
     workers, threads = cpu_plan(args.workers, args.threads)
     if args.blas_threads > 0:
-        from a2f_inference.pipeline.postprocess import limit_blas_threads
-
         limit_blas_threads(args.blas_threads)  # as the server does: see the docs
     report = bench_pipeline(model, streams=args.streams, seconds=args.seconds, threads=threads,
                             max_batch=args.max_batch, max_wait_s=args.max_wait_s,
@@ -262,71 +223,3 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     else:
         _print_report(report)
     return 0
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name, default)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="a2f-bench", description="Audio2Face-3D benchmarks.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser(
-        "pipeline", help="pipeline vs network throughput (frames/s per core)",
-        description="Feed N streams of synthetic speech through the pipeline and compare its "
-                    "throughput with the network alone on the same batch sizes.")
-    p.add_argument("--model", default=_env("A2F_BENCH_MODEL"),
-                   help="model folder (env A2F_BENCH_MODEL); default: a generated stand-in")
-    p.add_argument("--kind", choices=("regression", "diffusion"), default="regression",
-                   help="stand-in kind when --model is not given (default regression)")
-    p.add_argument("--size", choices=("full", "small"), default="full",
-                   help="stand-in size when --model is not given (default full)")
-    p.add_argument("--streams", type=int, default=8, help="concurrent streams (default 8)")
-    p.add_argument("--seconds", type=float, default=10.0,
-                   help="seconds of audio per stream (default 10)")
-    p.add_argument("--workers", type=int, default=0,
-                   help="inference workers running batches side by side (default 0: the "
-                        "server's automatic plan, one per core up to 4)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="ONNX Runtime intra-op threads per worker (default 0: the cores "
-                        "shared out among the workers)")
-    p.add_argument("--max-batch", type=int, default=None,
-                   help="windows per batch (default: the model's trt_info MAX_BATCH_SIZE)")
-    p.add_argument("--max-wait-s", type=float, default=0.002,
-                   help="batch fill wait in seconds (default 0.002)")
-    p.add_argument("--chunk-s", type=float, default=0.1,
-                   help="audio pushed per stream per round, seconds (default 0.1)")
-    p.add_argument("--blas-threads", type=int, default=1,
-                   help="BLAS threads for post-processing, as in the server (default 1; "
-                        "0 leaves the library default)")
-    p.add_argument("--repeat", type=int, default=5,
-                   help="rounds of (pipeline, then network on the same batch sizes); the "
-                        "ratio is the median over rounds, the figures the best (default 5)")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
-    p.set_defaults(func=cmd_pipeline)
-    from a2f_inference.server import loadtest
-
-    s = sub.add_parser(
-        "serve", help="the gRPC server under N concurrent streams vs the library alone",
-        description="Start a2f-inference on 127.0.0.1, drive N concurrent streams (real time "
-                    "or as fast as possible) for a bounded time, then measure the pipeline "
-                    "library alone on the same model in the same run.")
-    loadtest.add_arguments(s)
-    s.set_defaults(func=loadtest.main)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if (getattr(args, "streams", 1) < 1 or getattr(args, "seconds", 1.0) <= 0
-            or getattr(args, "repeat", 1) < 1):
-        parser.error("--streams and --repeat must be >= 1 and --seconds > 0")
-    func: Subcommand = args.func
-    return func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Which engine a model version is served with, and how many workers run it.
+
+One selection order for the whole server: TensorRT first when this machine can run it, then
+ONNX Runtime, each only with an engine that the volume's rule
+(:func:`a2f_volume.engine_record.check_engine`) accepts for this process's own target; under
+the ``onnx-fallback`` policy ``network.onnx`` itself when no built engine is valid. The hot
+reloader asks :class:`EngineChecker` whether a version has a valid engine, the loader asks
+the same object for the engine itself, and both share its hash cache, so an unchanged engine
+or ONNX file is hashed once per process, not once per look.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from a2f_engine.base import Engine
+from a2f_engine.loader import load_engine
+from a2f_engine.onnxruntime_engine import OnnxRuntimeEngine, cpu_plan
+from a2f_engine.targets import choose_backend, current_target
+from a2f_inference.server.config import ServerConfig
+from a2f_inference.server.modes import as_engine_policy
+from a2f_volume import layout
+from a2f_volume.engine_record import EngineCheck, check_engine
+from a2f_volume.errors import A2FError, UnavailableError
+from a2f_volume.hashing import HashCache
+
+log = logging.getLogger(__name__)
+
+#: Automatic inference workers with TensorRT: one batch's copies and post-processing overlap
+#: the other's GPU work.
+TENSORRT_AUTO_WORKERS = 2
+
+
+def worker_plan(backend: str, config: ServerConfig) -> tuple[int, int]:
+    """``(inference workers, ONNX Runtime intra-op threads per worker)`` for ``backend``."""
+    if backend == layout.BACKEND_TENSORRT:
+        return config.inference_workers or TENSORRT_AUTO_WORKERS, 0
+    return cpu_plan(config.inference_workers, config.ort_threads)
+
+
+def model_max_batch(folder: Path, configured: int) -> int:
+    """The cap on the cross-stream batch: configured, else ``trt_info.json`` defaults, else 8."""
+    if configured > 0:
+        return configured
+    try:
+        info = json.loads((folder / "trt_info.json").read_text())
+        return max(1, int(info["defaults"]["MAX_BATCH_SIZE"]))
+    except (OSError, KeyError, TypeError, ValueError):
+        return 8
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """Whether a version directory has an engine this process may serve, and why not."""
+
+    fingerprint: str | None  # "sha256:<engine sha256>" when valid, like LoadedModel's
+    backend: str
+    reason: str
+
+    @property
+    def valid(self) -> bool:
+        return self.fingerprint is not None
+
+
+@dataclass
+class EngineChoice:
+    """The engine a version is served with."""
+
+    engine: Engine
+    backend: str
+    fingerprint: str
+    source: str
+    workers: int = 1  # batches run side by side
+
+
+class EngineChecker:
+    """:func:`check_engine` with this process's own target, backends in serving order.
+
+    Calling it says whether a version directory has a valid built engine
+    (:class:`EngineStatus`); :meth:`load` loads the engine a version is served with. File
+    hashes are cached by file identity, so rescans and loads do not re-read unchanged files.
+    """
+
+    def __init__(self, hash_cache: HashCache | None = None) -> None:
+        self.hash_cache = hash_cache if hash_cache is not None else HashCache()
+        self._backends: list[str] | None = None
+        self._why = ""  # why TensorRT is not among them
+
+    def backends(self) -> list[str]:
+        """Backends in the order engines are tried (TensorRT first when usable here)."""
+        if self._backends is None:
+            backends = [layout.BACKEND_ONNXRUNTIME]
+            try:
+                best, why = choose_backend("auto")
+            except (RuntimeError, ValueError) as err:
+                best, why = layout.BACKEND_ONNXRUNTIME, str(err)
+            if best == layout.BACKEND_TENSORRT:
+                backends.insert(0, best)
+            else:
+                self._why = why
+            log.info("engines are checked for backends %s (%s)", backends, why)
+            self._backends = backends
+        return self._backends
+
+    def _check(self, version_dir: Path, backend: str) -> EngineCheck:
+        target = current_target(version_dir, backend)
+        return check_engine(layout.ModelPaths(version_dir), backend, target, self.hash_cache)
+
+    def __call__(self, version_dir: Path) -> EngineStatus:
+        """The first backend with a valid built engine, or why there is none."""
+        reasons = []
+        for backend in self.backends():
+            try:
+                check = self._check(version_dir, backend)
+            except (RuntimeError, ValueError, OSError, A2FError) as err:
+                reasons.append(f"{backend}: {err}")
+                continue
+            if check.record is not None:
+                return EngineStatus("sha256:" + check.record.engine_sha256, backend,
+                                    check.reason)
+            reasons.append(f"{backend}: {check.reason}")
+        return EngineStatus(None, "", "; ".join(reasons) or "no backend")
+
+    def load(self, folder: Path, config: ServerConfig, max_batch: int) -> EngineChoice:
+        """A valid built engine when there is one (in :meth:`backends` order);
+        ``network.onnx`` under the ``onnx-fallback`` policy, else :class:`UnavailableError`."""
+        reasons: list[str] = []
+        choice = self._built(folder, config, max_batch, reasons)
+        if choice is not None:
+            return choice
+        if as_engine_policy(config.engine_policy) == "require-built":
+            raise UnavailableError(
+                f"model {folder.name}: no valid built engine ({'; '.join(reasons)}) and the "
+                "engine policy is require-built: run a2f-engine-builder, or use "
+                "--engine-policy onnx-fallback")
+        log.info("model %s: no valid built engine (%s); serving %s with ONNX Runtime",
+                 folder.name, "; ".join(reasons) or "none", layout.ONNX_NAME)
+        onnx = folder / layout.ONNX_NAME
+        workers, threads = worker_plan(layout.BACKEND_ONNXRUNTIME, config)
+        engine = OnnxRuntimeEngine(onnx, max_batch=max_batch, intra_op_threads=threads)
+        return EngineChoice(engine, engine.backend, "sha256:" + self.hash_cache.sha256(onnx),
+                            str(onnx), workers)
+
+    def _built(self, folder: Path, config: ServerConfig, max_batch: int,
+               reasons: list[str]) -> EngineChoice | None:
+        paths = layout.ModelPaths(folder)
+        backends = self.backends()
+        if self._why:
+            reasons.append(self._why)
+        for backend in backends:
+            try:
+                check = self._check(folder, backend)
+            except (RuntimeError, ValueError, OSError, A2FError) as err:
+                reasons.append(f"{backend}: {err}")
+                continue
+            if check.record is None:
+                reasons.append(f"{backend}: {check.reason}")
+                continue
+            workers, threads = worker_plan(backend, config)
+            try:
+                engine = load_engine(paths, backend, max_batch=max_batch,
+                                     intra_op_threads=threads)
+            except (A2FError, OSError, RuntimeError) as err:
+                reasons.append(f"{backend}: cannot load: {err}")
+                continue
+            return EngineChoice(engine, backend, "sha256:" + check.record.engine_sha256,
+                                str(paths.engine(backend)), workers)
+        return None

@@ -1,0 +1,96 @@
+"""One loaded model version, and the loader that makes one from a model folder.
+
+Loading is: the version id, the engine (:class:`~a2f_inference.server.engines.EngineChecker`:
+one selection order, one hash cache), the pipeline runtime and its batch scheduler,
+started. It does not warm the version up: whoever puts it in service does that once
+(:func:`~a2f_inference.server.warmup.warm_up_model`), the registry at start-up, the hot
+reloader for a new version.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from a2f_engine.base import Engine
+from a2f_inference.pipeline import BatchScheduler, ModelRuntime
+from a2f_inference.server.config import ServerConfig
+from a2f_inference.server.engines import EngineChecker, model_max_batch
+from a2f_inference.server.metrics import BatchMetrics, InferenceMetrics
+from a2f_inference.server.modes import as_postprocess_mode
+from a2f_volume.versions import current_version
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """One loaded version of one model folder."""
+
+    name: str
+    folder: Path
+    version: str
+    kind: str
+    identities: tuple[str, ...]
+    backend: str
+    fingerprint: str
+    runtime: ModelRuntime
+    scheduler: BatchScheduler
+    engine: Engine
+    max_batch: int
+    lookahead_s: float = 0.0
+    loaded_at: float = field(default_factory=time.time)
+    open_streams: int = 0
+    retired: bool = False
+    closed: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        log.info("model %s version %s: released", self.name, self.version)
+        try:
+            self.scheduler.stop()
+        finally:
+            self.engine.close()
+
+
+def load_model(folder: Path, config: ServerConfig, metrics: InferenceMetrics | None = None,
+               name: str | None = None, engines: EngineChecker | None = None) -> LoadedModel:
+    """Load a model folder: its engine, runtime and scheduler (started; not warmed up).
+
+    ``name`` is the model's name when ``folder`` is a pinned version directory (whose own
+    name is the version id); default the folder's name. ``engines``: the server's engine
+    checker (its hash cache is shared with the hot reloader); a new one by default.
+    """
+    t0 = time.perf_counter()
+    name = name or folder.name
+    version = current_version(folder)
+    max_batch = model_max_batch(folder, config.max_batch)
+    choice = (engines or EngineChecker()).load(folder, config, max_batch)
+    try:
+        runtime = ModelRuntime(folder, choice.engine, max_batch=max_batch)
+        scheduler = BatchScheduler(
+            runtime, max_batch=runtime.max_batch, max_wait_s=config.max_wait_s,
+            observer=BatchMetrics(metrics, name) if metrics is not None else None,
+            pipelined=as_postprocess_mode(config.postprocess) == "overlap",
+            workers=choice.workers)
+        lm = LoadedModel(name=name, folder=folder, version=version, kind=runtime.kind,
+                         identities=runtime.identities, backend=choice.backend,
+                         fingerprint=choice.fingerprint, runtime=runtime, scheduler=scheduler,
+                         engine=choice.engine, max_batch=runtime.max_batch,
+                         lookahead_s=float(runtime.lookahead_s))
+        scheduler.start()
+    except BaseException:
+        choice.engine.close()
+        raise
+    log.info("model %s version %s loaded: %s, %s engine %s, max batch %d, %d inference "
+             "worker(s), identities %s (%.1fs)", name, version, lm.kind, choice.backend,
+             choice.fingerprint[:19], lm.max_batch, choice.workers, list(lm.identities) or "-",
+             time.perf_counter() - t0)
+    return lm
