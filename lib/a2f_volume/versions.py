@@ -17,8 +17,11 @@ path, which :func:`pin` returns.
 Leases keep a previous version readable while someone uses it. ``pin(folder)`` resolves the
 folder to its version directory and holds a shared ``flock`` on
 ``<version dir>/.a2f-lease`` until the context exits (or the holder dies: the kernel drops
-the lock even on ``kill -9``). Readers that should pin: the engine-builder during a build,
-the inference server while it loads a version, and, if it wants, while a stream uses it.
+the lock even on ``kill -9``). model-sync creates the lease file with every version it
+publishes (and for older versions at start), so readers open it read-only and may mount the
+volume read-only; a reader creates it only where it is missing and the directory writable
+(:mod:`a2f_volume.leases`). Readers that should pin: the engine-builder during a build, the
+inference server while it loads a version, and, if it wants, while a stream uses it.
 
 Garbage collection (:func:`collect_garbage`, run by model-sync after each publish) removes a
 version directory only when **all** of these hold:
@@ -73,11 +76,11 @@ from a2f_volume.layout import (
     temp_name,
     versions_dir,
 )
+from a2f_volume.leases import LEASE_FILE, open_lease, warn_unleased
 from a2f_volume.publish import atomic_write_json, fsync_dir
 
 logger = logging.getLogger(__name__)
 
-LEASE_FILE = ".a2f-lease"
 RECORD_SCHEMA = 1
 DEFAULT_GRACE_S = 600.0
 DEFAULT_KEEP = 2
@@ -272,9 +275,13 @@ def pin(folder: str | os.PathLike[str], timeout_s: float = 30.0) -> Iterator[Pat
             return
         lease = vdir / LEASE_FILE
         try:
-            fd = os.open(lease, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_lease(lease)
         except (FileNotFoundError, NotADirectoryError):
             fd = -1  # removed by GC between resolve and open: resolve again
+        except OSError as err:  # no lease file and no write access to create one
+            warn_unleased(vdir, err)
+            yield vdir.resolve()
+            return
         if fd >= 0:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH)

@@ -15,8 +15,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from a2f_inference.server.tls import RotatingCertificates, TlsFiles, client_credentials
+from a2f_inference.server.tls import RotatingCertificates, TlsFiles
+from a2f_inference.tls_client import client_credentials
 from a2f_volume.errors import InvalidArgumentError
+
 from .tls_certs import TestCA, write_atomically
 
 

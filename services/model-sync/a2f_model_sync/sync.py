@@ -59,6 +59,7 @@ from a2f_volume.layout import (
     state_dir,
     versions_dir,
 )
+from a2f_volume.leases import create_lease_file, ensure_lease_files
 from a2f_volume.lock import FileLock
 from a2f_volume.publish import fsync_dir
 
@@ -378,6 +379,7 @@ class ModelSync:
                 objects=tuple(records[p] for p in sorted(records)),
             )
             versions.write_record(stage, record)
+            create_lease_file(stage)  # readers lease through a read-only mount
             _fsync_tree(stage)
             vroot = versions_dir(self.root, model)
             vroot.mkdir(parents=True, exist_ok=True)
@@ -424,6 +426,10 @@ class ModelSync:
         vroot = state_dir(self.root) / VERSIONS_DIR
         if not vroot.is_dir():
             return
+        try:  # versions from before lease files, adopted folders
+            ensure_lease_files(self.root)
+        except OSError as err:
+            logger.warning("cannot create missing lease files under %s: %s", vroot, err)
         for entry in sorted(vroot.iterdir()):
             if entry.is_dir() and not entry.name.startswith("."):
                 try:

@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 
 from a2f_config import EnvLoader
 from a2f_inference.server.modes import EnginePolicy, PostprocessMode
+from a2f_inference.server.tls import TlsFiles
 from a2f_volume.errors import InvalidArgumentError
 
 ENV_PREFIX = "A2F_INFERENCE_"
@@ -27,6 +28,14 @@ HOT_RELOAD_MODES: tuple[HotReloadMode, ...] = get_args(HotReloadMode)
 #: Where each field is read from: ``A2F_INFERENCE_<FIELD>``, except the seed's two names.
 ENV = EnvLoader(ENV_PREFIX, {"models_root": ("A2F_MODEL_DATA_PATH",),
                              "model_path": ("A2F_MODEL_PATH",)})
+
+
+def admin_port(address: str) -> int | None:
+    """The port of a ``HOST:PORT`` address, or None when it is not one."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        return None
+    return int(port)
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,15 @@ class ServerConfig:
         reload_poll_s: period of the full rescan of the models root (default 5).
         reload_debounce_s: quiet time after a change before the rescan (default 0.5).
         log_level: root log level name (default INFO).
+        tls_cert_file: PEM certificate (chain) of the gRPC port; with ``tls_key_file`` the
+            port speaks TLS only (default unset: plaintext). Re-read when it changes on disk.
+        tls_key_file: PEM private key (unencrypted) of ``tls_cert_file`` (default unset).
+        tls_client_ca_file: PEM CA bundle; when set, every client must present a certificate
+            signed by it (mutual TLS) (default unset: no client certificates asked for).
+        admin_address: ``HOST:PORT`` of a separate plaintext listener that alone serves
+            ``ModelAdmin``, ``GetConfigs`` and reflection (plus health, for probes when the
+            gRPC port is TLS); empty keeps them on the gRPC port, as before (default empty;
+            ``127.0.0.1:50052`` keeps them inside the pod).
     """
 
     models_root: Path = Path("/data/models")
@@ -89,6 +107,10 @@ class ServerConfig:
     reload_poll_s: float = 5.0
     reload_debounce_s: float = 0.5
     log_level: str = "INFO"
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    admin_address: str = ""
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -119,6 +141,10 @@ class ServerConfig:
              f"reload_poll_s {self.reload_poll_s}, expected 0.05..3600")
         need(0 <= self.reload_debounce_s <= 60,
              f"reload_debounce_s {self.reload_debounce_s}, expected 0..60")
+        TlsFiles.from_settings(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
+        need(self.admin_address == "" or admin_port(self.admin_address) is not None,
+             f"admin_address {self.admin_address!r}, expected HOST:PORT (port 0..65535) or "
+             "empty (admin services on the gRPC port)")
 
     @property
     def default_model(self) -> str:

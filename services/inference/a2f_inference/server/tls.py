@@ -8,8 +8,10 @@ which case it reads and checks them and hands gRPC the new pair. Connections alr
 the session they negotiated, so open streams are not dropped by a rotation.
 
 A rotation caught half-way (a new certificate beside the old key) fails the key/certificate
-match check; the previous configuration then stays in use and the change is tried again on the
-next handshake, so a server never starts serving a broken pair.
+match check; the previous configuration then stays in use (logged and counted once) and the
+files are tried again at the first handshake after any of them changes again, so a server never
+starts serving a broken pair. Each listener (the gRPC port, the admin listener) is handed the
+new configuration at its own next handshake.
 """
 
 from __future__ import annotations
@@ -19,18 +21,16 @@ import os
 import ssl
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from a2f_inference.tls_client import read_pem
 from a2f_volume.errors import InvalidArgumentError
 
 log = logging.getLogger(__name__)
-
-#: A PEM file larger than this is not a certificate, key or CA bundle we will read.
-MAX_PEM_BYTES = 1024 * 1024
-
 
 @dataclass(frozen=True)
 class TlsFiles:
@@ -60,21 +60,6 @@ class TlsFiles:
         return (self.cert, self.key) + ((self.client_ca,) if self.client_ca else ())
 
 
-def _read_pem(path: Path, what: str) -> bytes:
-    try:
-        size = path.stat().st_size
-        if size > MAX_PEM_BYTES:
-            raise InvalidArgumentError(
-                f"{what} {path} is {size} bytes; a PEM file over {MAX_PEM_BYTES} bytes is "
-                "not accepted")
-        data = path.read_bytes()
-    except OSError as err:
-        raise InvalidArgumentError(f"cannot read {what} {path}: {err.strerror or err}") from err
-    if b"-----BEGIN " not in data:
-        raise InvalidArgumentError(f"{what} {path} is not PEM (no '-----BEGIN' line)")
-    return data
-
-
 @dataclass(frozen=True)
 class PemSet:
     """The bytes of one consistent set of files."""
@@ -89,9 +74,9 @@ def read_pem_set(files: TlsFiles) -> PemSet:
 
     Raises :class:`InvalidArgumentError` naming the file and what is wrong.
     """
-    cert = _read_pem(files.cert, "tls_cert_file")
-    key = _read_pem(files.key, "tls_key_file")
-    ca = _read_pem(files.client_ca, "tls_client_ca_file") if files.client_ca else None
+    cert = read_pem(files.cert, "tls_cert_file")
+    key = read_pem(files.key, "tls_key_file")
+    ca = read_pem(files.client_ca, "tls_client_ca_file") if files.client_ca else None
     _check_pair(files, cert, key)
     return PemSet(cert, key, ca)
 
@@ -139,15 +124,18 @@ class RotatingCertificates:
     """Dynamic server credentials over :class:`TlsFiles`; reloads changed files.
 
     ``on_reload(ok)`` (optional) is called after every attempt to load changed files, for
-    metrics. Thread-safe: gRPC calls :meth:`fetch` from its own threads.
+    metrics. Thread-safe: gRPC asks for the configuration from its own threads.
     """
 
-    def __init__(self, files: TlsFiles, on_reload: object = None) -> None:
+    def __init__(self, files: TlsFiles,
+                 on_reload: Callable[[bool], None] | None = None) -> None:
         self.files = files
         self._lock = threading.Lock()
         self._on_reload = on_reload
         self._signature = _signature(files.paths())
+        self._failed_signature: tuple[tuple[int, int, int, int], ...] | None = None
         self._current = read_pem_set(files)
+        self._generation = 0
         self.reloads = 0
         self.failed_reloads = 0
 
@@ -160,55 +148,54 @@ class RotatingCertificates:
             [(pem.key, pem.cert)], root_certificates=pem.client_ca)
 
     def credentials(self) -> grpc.ServerCredentials:
-        """Server credentials for ``add_secure_port``."""
+        """Server credentials for one ``add_secure_port``; each listener gets its own (each
+        remembers which configuration it handed to gRPC last)."""
+        handed = [self._generation]
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            # gRPC's per-handshake question: a new configuration, or None to keep the current.
+            with self._lock:
+                self._refresh()
+                if handed[0] == self._generation:
+                    return None
+                handed[0] = self._generation
+                return self._configuration(self._current)
+
         return grpc.dynamic_ssl_server_credentials(
-            self._configuration(self._current), self.fetch,
+            self._configuration(self._current), fetch,
             require_client_authentication=self.require_client_auth)
 
-    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        """gRPC's per-handshake question: a new configuration, or None to keep the current."""
-        with self._lock:
-            sig = _signature(self.files.paths())
-            if sig == self._signature:
-                return None
-            try:
-                pem = read_pem_set(self.files)
-            except InvalidArgumentError as err:
-                # Half-rotated or unreadable: keep serving the previous pair, try again on
-                # the next handshake (the signature is not remembered).
-                self.failed_reloads += 1
-                log.warning("TLS files changed but cannot be used yet, keeping the previous "
-                            "certificate: %s", err)
-                self._notify(False)
-                return None
-            self._signature = sig
-            if pem == self._current:
-                return None
-            self._current = pem
-            self.reloads += 1
-            log.info("TLS certificate files changed on disk: new certificate in use for new "
-                     "connections (%s)", self.files.cert)
-            self._notify(True)
-            return self._configuration(pem)
+    def _refresh(self) -> None:
+        """Load the files if they changed on disk since the last look (lock held)."""
+        sig = _signature(self.files.paths())
+        if sig in (self._signature, self._failed_signature):
+            return
+        try:
+            pem = read_pem_set(self.files)
+        except InvalidArgumentError as err:
+            # Half-rotated or unreadable: keep serving the previous pair; the next change
+            # of any of the files is tried again.
+            self._failed_signature = sig
+            self.failed_reloads += 1
+            log.warning("TLS files changed but cannot be used yet, keeping the previous "
+                        "certificate: %s", err)
+            self._notify(False)
+            return
+        self._signature = sig
+        self._failed_signature = None
+        if pem == self._current:
+            return
+        self._current = pem
+        self._generation += 1
+        self.reloads += 1
+        log.info("TLS certificate files changed on disk: new certificate in use for new "
+                 "connections (%s)", self.files.cert)
+        self._notify(True)
 
     def _notify(self, ok: bool) -> None:
         cb = self._on_reload
-        if callable(cb):
+        if cb is not None:
             try:
                 cb(ok)
             except Exception:
                 log.exception("TLS reload callback failed")
-
-
-def client_credentials(ca_file: Path | None, cert_file: Path | None = None,
-                       key_file: Path | None = None) -> grpc.ChannelCredentials:
-    """Channel credentials for a client: the server's CA (None = system roots) and, for mTLS,
-    the client's certificate and key (both or neither)."""
-    if (cert_file is None) != (key_file is None):
-        raise InvalidArgumentError("a client certificate needs both --tls-cert-file and "
-                                   "--tls-key-file")
-    ca = _read_pem(Path(ca_file), "--tls-ca-file") if ca_file is not None else None
-    cert = _read_pem(Path(cert_file), "--tls-cert-file") if cert_file is not None else None
-    key = _read_pem(Path(key_file), "--tls-key-file") if key_file is not None else None
-    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
-                                        certificate_chain=cert)
