@@ -34,6 +34,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from a2f_volume.scan import list_dir, warn_unreadable
+
 MODEL_JSON = "model.json"
 ONNX_NAME = "network.onnx"
 TRT_ENGINE_NAME = "network.trt"
@@ -41,6 +43,7 @@ ORT_ENGINE_NAME = "network.ort"
 ENGINE_RECORD_SUFFIX = ".json"
 GPU_ARCH_MARKER = ".gpu_arch"
 VERSION_RECORD = ".a2f-version.json"
+LEASE_FILE = ".a2f-lease"  # in each version directory: readers hold a shared flock on it
 STATE_DIR = ".a2f"
 VERSIONS_DIR = "versions"
 STAGING_DIR = "staging"
@@ -124,14 +127,36 @@ def is_model_name(name: str) -> bool:
 
 
 def list_model_dirs(models_root: str | os.PathLike[str]) -> list[Path]:
-    """Every model folder under the root (directories or symlinks holding ``model.json``)."""
-    root = Path(models_root)
-    if not root.is_dir():
-        return []
+    """Every model folder under the root (directories or symlinks holding ``model.json``).
+
+    Entries that cannot be read (a root-owned ``lost+found``) are skipped with one warning
+    each (:mod:`a2f_volume.scan`).
+    """
     found = []
-    for entry in sorted(root.iterdir()):
-        if is_model_name(entry.name) and (entry / MODEL_JSON).is_file():
-            found.append(entry)
+    for entry in list_dir(models_root):
+        if not is_model_name(entry.name):
+            continue
+        try:
+            if (entry / MODEL_JSON).is_file():
+                found.append(entry)
+        except OSError as err:
+            warn_unreadable(entry, err)
+    return found
+
+
+def model_entries(directory: str | os.PathLike[str]) -> list[Path]:
+    """Directories (or symlinks to them) with model-style names in ``directory``, readable
+    ones only (others are skipped with one warning each)."""
+    found = []
+    for entry in list_dir(directory):
+        if not is_model_name(entry.name):
+            continue
+        try:
+            if entry.is_dir():
+                os.stat(entry / ".")  # readable enough to look inside? (search permission)
+                found.append(entry)
+        except OSError as err:
+            warn_unreadable(entry, err)
     return found
 
 

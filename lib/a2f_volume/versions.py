@@ -17,11 +17,8 @@ path, which :func:`pin` returns.
 Leases keep a previous version readable while someone uses it. ``pin(folder)`` resolves the
 folder to its version directory and holds a shared ``flock`` on
 ``<version dir>/.a2f-lease`` until the context exits (or the holder dies: the kernel drops
-the lock even on ``kill -9``). model-sync creates the lease file with every version it
-publishes (and for older versions at start), so readers open it read-only and may mount the
-volume read-only; a reader creates it only where it is missing and the directory writable
-(:mod:`a2f_volume.leases`). Readers that should pin: the engine-builder during a build, the
-inference server while it loads a version, and, if it wants, while a stream uses it.
+the lock even on ``kill -9``). Readers that should pin: the engine-builder during a build,
+the inference server while it loads a version, and, if it wants, while a stream uses it.
 
 Garbage collection (:func:`collect_garbage`, run by model-sync after each publish) removes a
 version directory only when **all** of these hold:
@@ -51,164 +48,42 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
-import fcntl
 import hashlib
-import json
 import logging
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from a2f_volume.errors import A2FError
-from a2f_volume.layout import (
-    ENGINE_RECORD_SUFFIX,
-    GPU_ARCH_MARKER,
-    ORT_ENGINE_NAME,
-    TRT_ENGINE_NAME,
-    VERSION_RECORD,
-    is_temp_name,
-    temp_name,
-    versions_dir,
+from a2f_volume.layout import LEASE_FILE, VERSION_RECORD, is_temp_name, temp_name, versions_dir
+from a2f_volume.leases import TRASH_MARK, is_leased, pin, remove_unleased
+from a2f_volume.publish import fsync_dir
+from a2f_volume.version_links import is_managed, version_dir_of
+from a2f_volume.version_record import (
+    RECORD_SCHEMA,
+    ObjectRecord,
+    VersionError,
+    VersionRecord,
+    is_foreign_file,
+    new_version_id,
+    read_record,
+    write_record,
 )
-from a2f_volume.leases import LEASE_FILE, open_lease, warn_unleased
-from a2f_volume.publish import atomic_write_json, fsync_dir
+
+__all__ = [
+    "DEFAULT_GRACE_S", "DEFAULT_KEEP", "LEASE_FILE", "RECORD_SCHEMA", "ObjectRecord",
+    "VersionError", "VersionRecord", "adopt", "carry_over", "collect_garbage",
+    "current_version", "is_foreign_file", "is_leased", "is_managed", "link_new_file",
+    "list_versions", "new_version_id", "pin", "read_record", "switch", "unpublish",
+    "version_dir_of", "write_record",
+]
 
 logger = logging.getLogger(__name__)
 
-RECORD_SCHEMA = 1
 DEFAULT_GRACE_S = 600.0
 DEFAULT_KEEP = 2
-_TRASH_MARK = ".trash-"
-
-# Files written into a model folder by services other than the sync: never S3 objects of the
-# model, never part of a plain folder's model-file id.
-_FOREIGN_NAMES = frozenset(
-    {
-        TRT_ENGINE_NAME,
-        ORT_ENGINE_NAME,
-        TRT_ENGINE_NAME + ENGINE_RECORD_SUFFIX,
-        ORT_ENGINE_NAME + ENGINE_RECORD_SUFFIX,
-        GPU_ARCH_MARKER,
-        LEASE_FILE,
-        VERSION_RECORD,
-    }
-)
-
-
-class VersionError(A2FError):
-    """A version operation cannot proceed (plain folder in the way, broken record, ...)."""
-
-    status = "FAILED_PRECONDITION"
-
-
-@dataclass(frozen=True)
-class ObjectRecord:
-    """One source object as it was downloaded: where from and how to tell if it changed."""
-
-    path: str  # relative to the model folder, "/"-separated
-    key: str  # the full source key
-    size: int
-    etag: str
-    version_id: str | None = None
-    checksum: dict[str, str] = field(default_factory=dict)  # e.g. {"SHA256": "<base64>"}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ObjectRecord:
-        return cls(
-            path=str(d["path"]),
-            key=str(d["key"]),
-            size=int(d["size"]),
-            etag=str(d["etag"]),
-            version_id=d.get("version_id"),
-            checksum=dict(d.get("checksum") or {}),
-        )
-
-
-@dataclass(frozen=True)
-class VersionRecord:
-    """``.a2f-version.json`` of a version directory."""
-
-    version_id: str
-    model: str
-    source: str
-    published_at: float  # seconds since the epoch
-    objects: tuple[ObjectRecord, ...] = ()
-    schema: int = RECORD_SCHEMA
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["objects"] = [asdict(o) for o in self.objects]
-        d["published_at_iso"] = datetime.fromtimestamp(self.published_at, UTC).isoformat()
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> VersionRecord:
-        return cls(
-            version_id=str(d["version_id"]),
-            model=str(d["model"]),
-            source=str(d["source"]),
-            published_at=float(d["published_at"]),
-            objects=tuple(ObjectRecord.from_dict(o) for o in d.get("objects", [])),
-            schema=int(d.get("schema", RECORD_SCHEMA)),
-        )
-
-    def by_path(self) -> dict[str, ObjectRecord]:
-        return {o.path: o for o in self.objects}
-
-
-def read_record(version_dir: str | os.PathLike[str]) -> VersionRecord | None:
-    """The version record of a directory (or a symlinked folder); None if it has none."""
-    path = Path(version_dir) / VERSION_RECORD
-    try:
-        with open(path, encoding="utf-8") as f:
-            return VersionRecord.from_json(json.load(f))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise VersionError(f"{path}: unreadable version record ({err}); expected JSON "
-                           "written by a2f-model-sync") from err
-
-
-def write_record(version_dir: str | os.PathLike[str], record: VersionRecord) -> None:
-    atomic_write_json(Path(version_dir) / VERSION_RECORD, record.to_json())
-
-
-def new_version_id(objects: Iterable[ObjectRecord], now: float | None = None) -> str:
-    """``<UTC time>-<8 hex of the object set>``: sortable by time, unique by content."""
-    h = hashlib.sha256()
-    for o in sorted(objects, key=lambda o: o.path):
-        h.update(f"{o.path}\0{o.size}\0{o.etag}\0{o.version_id}\n".encode())
-    stamp = datetime.fromtimestamp(time.time() if now is None else now, UTC)
-    return f"{stamp:%Y%m%dT%H%M%S}Z-{h.hexdigest()[:8]}-{secrets.token_hex(2)}"
-
-
-def is_foreign_file(rel_path: str) -> bool:
-    """True for files other services write into a model folder (engines, records, markers)."""
-    name = rel_path.rsplit("/", 1)[-1]
-    return name in _FOREIGN_NAMES or is_temp_name(name)
-
-
-def is_managed(folder: str | os.PathLike[str]) -> bool:
-    """True if ``folder`` is a symlink into the volume's versions store."""
-    p = Path(folder)
-    if not p.is_symlink():
-        return False
-    target = os.readlink(p)
-    return not os.path.isabs(target) and target.startswith(os.path.join(".a2f", "versions", ""))
-
-
-def version_dir_of(folder: str | os.PathLike[str]) -> Path | None:
-    """The version directory a managed folder points to now (None for a plain folder)."""
-    p = Path(folder)
-    if not is_managed(p):
-        return None
-    return p.parent / os.readlink(p)
 
 
 def _walk_files(top: Path) -> Iterator[tuple[str, os.stat_result]]:
@@ -250,74 +125,6 @@ def current_version(folder: str | os.PathLike[str]) -> str:
             continue
         h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return f"local-{h.hexdigest()[:16]}"
-
-
-# --------------------------------------------------------------------------------------------
-# Leases
-
-
-@contextlib.contextmanager
-def pin(folder: str | os.PathLike[str], timeout_s: float = 30.0) -> Iterator[Path]:
-    """Hold a shared lease on the version a model folder points to; yield its real directory.
-
-    Read every file through the yielded path: they all come from one version, which GC does
-    not remove while the lease is held. A plain (unmanaged) folder is yielded as is, without a
-    lease (the sync never touches it).
-    """
-    p = Path(folder)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        vdir = version_dir_of(p)
-        if vdir is None:
-            if not p.is_dir():
-                raise VersionError(f"model folder {p} does not exist")
-            yield p
-            return
-        lease = vdir / LEASE_FILE
-        try:
-            fd = open_lease(lease)
-        except (FileNotFoundError, NotADirectoryError):
-            fd = -1  # removed by GC between resolve and open: resolve again
-        except OSError as err:  # no lease file and no write access to create one
-            warn_unleased(vdir, err)
-            yield vdir.resolve()
-            return
-        if fd >= 0:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH)
-                # Still the file at that path (GC renames before deleting)?
-                st, st_path = os.fstat(fd), os.stat(lease)
-                same = (st.st_dev, st.st_ino) == (st_path.st_dev, st_path.st_ino)
-            except FileNotFoundError:
-                same = False
-            except BaseException:
-                os.close(fd)
-                raise
-            if same:
-                try:
-                    yield vdir.resolve()
-                finally:
-                    os.close(fd)
-                return
-            os.close(fd)
-        if time.monotonic() > deadline:
-            raise VersionError(f"could not pin a version of {p} within {timeout_s:.0f} s")
-        time.sleep(0.01)
-
-
-def is_leased(version_dir: str | os.PathLike[str]) -> bool:
-    """True if someone holds a lease on the version directory right now."""
-    try:
-        fd = os.open(Path(version_dir) / LEASE_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -476,26 +283,6 @@ def list_versions(models_root: str | os.PathLike[str], model: str) -> list[tuple
     return out
 
 
-def _remove_version(vdir: Path) -> bool:
-    """Remove a version directory if no lease is held; True if removed."""
-    lease = vdir / LEASE_FILE
-    try:
-        fd = os.open(lease, os.O_RDWR | os.O_CREAT, 0o644)
-    except FileNotFoundError:
-        return False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        trash = vdir.with_name(f"{_TRASH_MARK}{vdir.name}-{secrets.token_hex(3)}")
-        os.rename(vdir, trash)
-    finally:
-        os.close(fd)
-    shutil.rmtree(trash, ignore_errors=True)
-    return True
-
-
 def collect_garbage(
     models_root: str | os.PathLike[str],
     model: str,
@@ -512,7 +299,7 @@ def collect_garbage(
     root = Path(models_root)
     vroot = versions_dir(root, model)
     for e in list(vroot.iterdir()) if vroot.is_dir() else []:
-        if e.name.startswith(_TRASH_MARK) or (is_temp_name(e.name) and e.is_dir()):
+        if e.name.startswith(TRASH_MARK) or (is_temp_name(e.name) and e.is_dir()):
             shutil.rmtree(e, ignore_errors=True)  # left by a crash mid-removal or mid-adopt
     current = version_dir_of(root / model)
     current_name = current.name if current is not None else None
@@ -530,7 +317,7 @@ def collect_garbage(
         if young and kept_young < keep:
             kept_young += 1
             continue
-        if _remove_version(vdir):
+        if remove_unleased(vdir):
             removed.append(vdir.name)
             logger.info("removed old version %s of model %s", vdir.name, model)
         else:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from a2f_volume.layout import STATE_DIR, VERSIONS_DIR, is_model_name, is_temp_name, list_model_dirs
+from a2f_volume.scan import warn_unreadable
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ def folder_signature(folder: Path) -> Signature | None:
                 st = e.stat()
                 entries.append((e.name, st.st_size, st.st_mtime_ns, st.st_ino))
     except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:  # e.g. a folder this user may not read
+        warn_unreadable(folder, err)
         return None
     return (str(real), tuple(sorted(entries)))
 

@@ -56,7 +56,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def builder_cmd(root: Path, *args: str, metrics_port: int = 0) -> list[str]:
+def builder_cmd(root: Path, *args: str, metrics_port: int = -1) -> list[str]:
     return [sys.executable, "-m", "a2f_engine_builder.cli", "--models-root", str(root),
             "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1",
             "--ort-threads", "1", *args]

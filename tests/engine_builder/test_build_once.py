@@ -27,7 +27,7 @@ ORT = "onnxruntime"
 
 
 def _once(root: Path, *args: str) -> int:
-    return main(["--models-root", str(root), "--once", "--metrics-port", "0",
+    return main(["--models-root", str(root), "--once", "--metrics-port", "-1",
                  "--ort-threads", "1", *args])
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -73,9 +75,12 @@ def test_failing_model_backs_off_and_recovers_when_fixed(
         models_root: Path, daemon: BuildDaemon, registry: CollectorRegistry,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    bad = make_model(models_root, "bad")
-    good_onnx = (bad / "network.onnx").read_bytes()
-    (bad / "network.onnx").write_bytes(b"\x08\x07garbage")
+    # The broken model appears complete, in one rename: every attempt sees the same bytes.
+    staged = make_model(models_root.parent, "bad")
+    good_onnx = (staged / "network.onnx").read_bytes()
+    (staged / "network.onnx").write_bytes(b"\x08\x07garbage")
+    bad = models_root / "bad"
+    os.rename(staged, bad)
     make_model(models_root, "good", seed=5)
     wait_for(lambda: is_valid(models_root / "good"))
 
@@ -83,28 +88,39 @@ def test_failing_model_backs_off_and_recovers_when_fixed(
         return registry.get_sample_value("a2f_engine_builder_builds_total",
                                          {"model": "bad", "result": "failed"}) or 0.0
 
-    wait_for(lambda: failures() >= 1)
-    time.sleep(2.0)
-    # Backoff 0.4, 0.8, 1.6 s: within ~2 s at most a handful of attempts, not a hot loop.
-    assert 2 <= failures() <= 5
-    assert registry.get_sample_value("a2f_engine_builder_consecutive_failures",
-                                     {"model": "bad"}) == failures()
+    def consecutive() -> float | None:
+        return registry.get_sample_value("a2f_engine_builder_consecutive_failures",
+                                         {"model": "bad"})
+
+    # The third attempt comes only after two back-off delays; the gauge follows the counter
+    # once the daemon has recorded the outcome (poll for it: it is set after the build ends).
+    wait_for(lambda: failures() >= 3)
+    wait_for(lambda: consecutive() == failures())
+    pattern = re.compile(r"^bad: build failed (\d+) time\(s\) in a row; next attempt in "
+                         r"([0-9.]+)s$")
+    attempts = [(int(m.group(1)), float(m.group(2)), r.created) for r in caplog.records
+                if (m := pattern.match(r.getMessage()))]
+    assert [n for n, _, _ in attempts[:3]] == [1, 2, 3]
+    assert [d for _, d, _ in attempts[:3]] == [0.4, 0.8, 1.6]  # doubled, capped at the max
+    for (_, delay, t_prev), (_, _, t_next) in itertools.pairwise(attempts):
+        assert t_next - t_prev >= delay * 0.9  # a retry never comes before its back-off
+
     tmp = bad / "network.onnx.partial"
     tmp.write_bytes(good_onnx)
     os.replace(tmp, bad / "network.onnx")
     wait_for(lambda: is_valid(bad))
-    assert registry.get_sample_value("a2f_engine_builder_consecutive_failures",
-                                     {"model": "bad"}) == 0
-    assert any("bad: recovered after" in r.getMessage() for r in caplog.records)
+    wait_for(lambda: consecutive() == 0)
+    wait_for(lambda: any("bad: recovered after" in r.getMessage() for r in caplog.records))
 
 
 def test_removed_model_is_not_built_or_counted_as_failed(
         models_root: Path, daemon: BuildDaemon, registry: CollectorRegistry) -> None:
     folder = make_model(models_root, "gone")
     wait_for(lambda: is_valid(folder))
+    passes = daemon.passes
     shutil.rmtree(folder)
     make_model(models_root, "after", seed=9)  # the daemon keeps working after the removal
     wait_for(lambda: is_valid(models_root / "after"))
-    time.sleep(0.5)
+    wait_for(lambda: daemon.passes > passes)  # the removal was seen and handled
     assert registry.get_sample_value("a2f_engine_builder_builds_total",
                                      {"model": "gone", "result": "failed"}) == 0

@@ -20,8 +20,8 @@ from prometheus_client import CollectorRegistry
 from s3_fixtures import AWS_ENV, free_port, moto_server, s3_client
 
 from a2f_model_sync.config import SyncConfig
+from a2f_model_sync.connect import open_source
 from a2f_model_sync.metrics import SyncMetrics
-from a2f_model_sync.s3source import open_source
 from a2f_model_sync.sync import ModelSync, RunReport
 
 

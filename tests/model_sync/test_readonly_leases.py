@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from a2f_volume import versions
-from a2f_volume.layout import versions_dir
-from a2f_volume.leases import LEASE_FILE, ensure_lease_files, open_lease
+from a2f_volume.layout import LEASE_FILE, versions_dir
+from a2f_volume.leases import ensure_lease_files, open_lease
 
 from .conftest import model_files, read_consistent, sync_once, upload_model
 

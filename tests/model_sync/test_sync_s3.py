@@ -170,22 +170,35 @@ def test_new_model_added_and_removed_with_and_without_delete(
     assert read_consistent(models_root / "a") == 1
 
 
-def test_plain_folder_is_left_alone_unless_adopted(
+def test_plain_folder_is_refused_with_no_adopt(
         s3: Any, bucket: str, moto_url: str, models_root: Path) -> None:
     upload_model(s3, bucket, PREFIX, "m", model_files(2))
     plain = models_root / "m"
     plain.mkdir()
     (plain / "model.json").write_text("{}")
-    (plain / "network.trt").write_bytes(b"engine")
-    report = sync_once(models_root, src(bucket), moto_url)
+    report = sync_once(models_root, src(bucket), moto_url, adopt=False)
     assert not report.matched
     kinds = [k for k, _ in report.errors]
     assert kinds == ["plain_folder"]
     assert "--adopt" in report.errors[0][1] and str(plain) in report.errors[0][1]
     assert not plain.is_symlink() and (plain / "model.json").read_text() == "{}"
-    report = sync_once(models_root, src(bucket), moto_url, adopt=True)
+
+
+def test_plain_folder_is_adopted_by_default_keeping_files_that_match_the_source(
+        s3: Any, bucket: str, moto_url: str, models_root: Path) -> None:
+    files = model_files(2)
+    upload_model(s3, bucket, PREFIX, "m", files)
+    plain = models_root / "m"
+    for rel, data in files.items():  # the seed's download: the same bytes, a plain folder
+        (plain / rel).parent.mkdir(parents=True, exist_ok=True)
+        (plain / rel).write_bytes(data)
+    (plain / "model.json").write_text("{}")  # one file differs from the source
+    (plain / "network.trt").write_bytes(b"engine")
+    report = sync_once(models_root, src(bucket), moto_url)
     assert report.matched, report.errors
+    assert report.objects_downloaded == 1  # only the file that differs
     assert versions.is_managed(plain) and read_consistent(plain) == 2
+    assert (plain / "model.json").read_bytes() == files["model.json"]
     assert (plain / "network.trt").read_bytes() == b"engine"  # not an S3 object: carried
 
 

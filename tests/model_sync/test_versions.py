@@ -136,7 +136,8 @@ def test_verify_file_rejects_bytes_that_fail_the_etag_or_a_checksum(tmp_path: Pa
     import hashlib
     import zlib
 
-    from a2f_model_sync.s3source import Digests, SourceError, verify_file
+    from a2f_model_sync.checksums import Digests, verify_file
+    from a2f_model_sync.source import SourceError
 
     data = b"network bytes" * 1000
     path = tmp_path / "network.onnx"

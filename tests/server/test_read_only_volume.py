@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from a2f_volume import versions
-from a2f_volume.leases import LEASE_FILE, ensure_lease_files
+from a2f_volume.layout import LEASE_FILE
+from a2f_volume.leases import ensure_lease_files
 
 from .conftest import REGRESSION, one_stream, run, run_server
 

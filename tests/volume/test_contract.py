@@ -39,7 +39,10 @@ def test_killed_writer_never_exposes_a_partial_file(tmp_path: Path) -> None:
     ctx = mp.get_context("spawn")
     proc = ctx.Process(target=_slow_writer, args=(str(dest),))
     proc.start()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 60
+    while not any(p.name != "network.ort" and p.stat().st_size > 0 for p in tmp_path.iterdir()):
+        assert time.monotonic() < deadline, "the writer never started writing"
+        time.sleep(0.01)  # poll: the spawned writer may take long to start on a busy machine
     os.kill(proc.pid or 0, signal.SIGKILL)
     proc.join()
     assert dest.read_bytes() == b"complete"

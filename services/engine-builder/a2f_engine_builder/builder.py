@@ -1,7 +1,8 @@
 """Build, verify and publish one model's engine; the core the CLI and the watcher drive.
 
-For a model folder (possibly a symlink to a version directory, resolved once per build so an
-engine built for version A can never land in version B):
+For a model folder (possibly a symlink to a version directory, pinned for the whole build
+with a lease (:func:`a2f_volume.versions.pin`) so an engine built for version A can never land
+in version B, and version A cannot be garbage-collected while it is built):
 
 1. the target is computed and the existing engine checked with the shared validity rule
    (:func:`a2f_volume.engine_record.check_engine`); a valid engine ends the work;
@@ -14,6 +15,11 @@ engine built for version A can never land in version B):
 5. the engine is hardlinked (or copied) into the version directory under a temporary name
    and renamed over ``network.<ext>``, then the record ``network.<ext>.json`` is renamed in,
    then (TensorRT) the seed's ``.gpu_arch`` marker. The previous engine stays until step 5.
+   Steps 3 to 5 hold the engine cache's shared lock, so cache collection
+   (:mod:`a2f_volume.engine_cache`) never removes an engine between its lookup and its link.
+
+Temporary files of builders that died (``kill -9``, OOM) are swept by :func:`remove_stale_temps`
+at start, before each build and periodically by the daemon (see its docstring for the rule).
 """
 
 from __future__ import annotations
@@ -36,6 +42,11 @@ from a2f_engine.targets import Target, target_precision
 from a2f_engine.verify import verify_engine
 from a2f_engine_builder.backends import BuildBackend
 from a2f_engine_builder.metrics import BuilderMetrics
+from a2f_volume.engine_cache import (
+    DEFAULT_KEEP_UNREFERENCED,
+    collect_cached_engines,
+    using_cache,
+)
 from a2f_volume.engine_record import (
     EngineRecord,
     check_engine,
@@ -56,10 +67,15 @@ from a2f_volume.layout import (
 )
 from a2f_volume.lock import FileLock
 from a2f_volume.publish import atomic_write_text, fsync_dir
+from a2f_volume.versions import pin
 
 logger = logging.getLogger(__name__)
 
 _OUR_TEMP = re.compile(r"\.a2f-tmp-(\d+)-[0-9a-f]+(\.[a-z]+)?$")
+# When this process started: a temp name carrying our pid but older than this was written by
+# an earlier process with the same pid (a container's entrypoint is PID 1 after each restart).
+PROCESS_STARTED = time.time()
+STALE_TEMP_AGE_S = 24 * 3600.0  # untouched this long: stale whoever wrote it
 
 
 @dataclass(frozen=True)
@@ -91,13 +107,22 @@ _ENGINE_TEMP_PREFIXES = tuple(f".{n}" for n in (
     ModelPaths(Path(".")).gpu_arch_marker.name))
 
 
-def remove_stale_temps(directory: Path, prefixes: tuple[str, ...] | None = None,
-                       min_age_s: float = 0.0) -> int:
-    """Remove our temporary files left by dead processes (e.g. after ``kill -9``).
+def _writer_gone(pid: int, mtime: float) -> bool:
+    """True if the process that wrote a temp file (pid in its name) no longer runs."""
+    if pid == os.getpid():
+        return mtime < PROCESS_STARTED  # an earlier process that had our pid
+    return not _pid_alive(pid)
 
-    Only names made by :func:`a2f_volume.layout.temp_name` whose writer pid is not alive
-    (and, with ``min_age_s``, that are older than that: a pid in another container's
-    namespace is not visible here) and, with ``prefixes``, only those names.
+
+def remove_stale_temps(directory: Path, prefixes: tuple[str, ...] | None = None,
+                       min_age_s: float = 0.0, max_age_s: float = STALE_TEMP_AGE_S) -> int:
+    """Remove temporary files that dead builders left (``kill -9``, OOM, a crashed pod).
+
+    Only names made by :func:`a2f_volume.layout.temp_name` (and, with ``prefixes``, only
+    those). One is removed when its writer is gone (:func:`_writer_gone`: the pid in its name
+    is not alive here, or it is ours but the file predates this process) and it is at least
+    ``min_age_s`` old (a pid in another container's namespace is not visible here, so shared
+    directories pass an age), or when it was not modified for ``max_age_s``, whoever wrote it.
     """
     now = time.time()
     removed = 0
@@ -109,13 +134,15 @@ def remove_stale_temps(directory: Path, prefixes: tuple[str, ...] | None = None,
         m = _OUR_TEMP.search(e.name)
         if not m or (prefixes and not e.name.startswith(prefixes)):
             continue
-        if int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
-            with contextlib.suppress(OSError):
-                if min_age_s and now - e.stat(follow_symlinks=False).st_mtime < min_age_s:
-                    continue
-                os.unlink(e.path)
-                removed += 1
-                logger.info("removed stale temporary file %s", e.path)
+        with contextlib.suppress(OSError):
+            mtime = e.stat(follow_symlinks=False).st_mtime
+            age = now - mtime
+            if age < max_age_s and not (_writer_gone(int(m.group(1)), mtime)
+                                        and age >= min_age_s):
+                continue
+            os.unlink(e.path)
+            removed += 1
+            logger.info("removed stale temporary file %s", e.path)
     return removed
 
 
@@ -169,8 +196,10 @@ class EngineBuilder:
     """Ensures valid engines for the model folders of one volume."""
 
     def __init__(self, models_root: Path, backend: BuildBackend, hash_cache: HashCache,
-                 metrics: BuilderMetrics) -> None:
+                 metrics: BuilderMetrics, engine_cache_keep: int = DEFAULT_KEEP_UNREFERENCED
+                 ) -> None:
         self.models_root = Path(models_root)
+        self.engine_cache_keep = engine_cache_keep
         self.backend = backend
         self.hash_cache = hash_cache
         self.metrics = metrics
@@ -198,6 +227,15 @@ class EngineBuilder:
                                       min_age_s=self.cache_temp_age_s)
         return removed
 
+    def collect_engine_cache(self) -> int:
+        """Remove cached engines no version uses beyond ``engine_cache_keep``; count removed."""
+        try:
+            done = collect_cached_engines(self.models_root, self.engine_cache_keep)
+        except OSError as err:
+            logger.warning("engine cache collection on %s failed: %s", self.models_root, err)
+            return 0
+        return len(done.removed)
+
     def status(self, folder: Path) -> Outcome:
         """Check only (no lock, no build)."""
         name = folder.name
@@ -215,30 +253,34 @@ class EngineBuilder:
         self.metrics.init_model(name)
         onnx_ident = ""
         try:
-            real = folder.resolve(strict=True)  # once per build: version A stays version A
-            paths = ModelPaths(real)
-            if not paths.onnx.is_file():
-                raise EngineBuildError(f"ONNX not found: {folder / paths.onnx.name}")
-            onnx_ident = file_identity(paths.onnx)
-            target = self.backend.target(real)
-            if not force:
-                res = check_engine(paths, self.backend.backend, target, self.hash_cache)
-                if res.record is not None:
-                    return self._up_to_date(name, res.record, res.reason, onnx_ident)
-                logger.info("%s: engine needs a build: %s", name, res.reason)
-            lock = FileLock(build_lock_path(self.models_root, name))
-            if not lock.acquire(blocking=False):
-                logger.info("%s: another builder holds %s; waiting for it", name, lock.path)
-                lock.acquire()
-            try:
+            # Pinned once for the whole build: version A stays version A, and its directory
+            # is not garbage-collected before the engine is published into it.
+            with pin(folder) as pinned:
+                real = pinned.resolve(strict=True)
+                paths = ModelPaths(real)
+                if not paths.onnx.is_file():
+                    raise EngineBuildError(f"ONNX not found: {folder / paths.onnx.name}")
+                onnx_ident = file_identity(paths.onnx)
+                target = self.backend.target(real)
                 if not force:
                     res = check_engine(paths, self.backend.backend, target, self.hash_cache)
                     if res.record is not None:
-                        return self._up_to_date(name, res.record, "published by another "
-                                                f"builder: {res.reason}", onnx_ident)
-                return self._build_locked(name, folder, paths, target, force, onnx_ident)
-            finally:
-                lock.release()
+                        return self._up_to_date(name, res.record, res.reason, onnx_ident)
+                    logger.info("%s: engine needs a build: %s", name, res.reason)
+                lock = FileLock(build_lock_path(self.models_root, name))
+                if not lock.acquire(blocking=False):
+                    logger.info("%s: another builder holds %s; waiting for it", name,
+                                lock.path)
+                    lock.acquire()
+                try:
+                    if not force:
+                        res = check_engine(paths, self.backend.backend, target, self.hash_cache)
+                        if res.record is not None:
+                            return self._up_to_date(name, res.record, "published by another "
+                                                    f"builder: {res.reason}", onnx_ident)
+                    return self._build_locked(name, folder, paths, target, force, onnx_ident)
+                finally:
+                    lock.release()
         except (A2FError, OSError, MemoryError, ValueError, RuntimeError) as err:
             return self._failed(name, folder, err, onnx_ident)
         except Exception as err:  # a bug or an unexpected library error: still contained
@@ -263,7 +305,6 @@ class EngineBuilder:
     def _build_locked(self, name: str, folder: Path, paths: ModelPaths, target: Target,
                       force: bool, onnx_ident: str) -> Outcome:
         backend = self.backend.backend
-        engine_dest = paths.engine(backend)
         remove_stale_temps(paths.folder, _ENGINE_TEMP_PREFIXES)
         engines_dir(self.models_root).mkdir(parents=True, exist_ok=True)
 
@@ -271,6 +312,15 @@ class EngineBuilder:
         onnx_size = paths.onnx.stat().st_size
         cached = cached_engine_path(self.models_root, onnx_sha, target.fingerprint, backend)
         cached_rec_path = cached.with_name(cached.name + ENGINE_RECORD_SUFFIX)
+        with using_cache(self.models_root):
+            return self._build_or_reuse(name, folder, paths, target, force, onnx_ident,
+                                        onnx_sha, onnx_size, cached, cached_rec_path)
+
+    def _build_or_reuse(self, name: str, folder: Path, paths: ModelPaths, target: Target,
+                        force: bool, onnx_ident: str, onnx_sha: str, onnx_size: int,
+                        cached: Path, cached_rec_path: Path) -> Outcome:
+        backend = self.backend.backend
+        engine_dest = paths.engine(backend)
         result = "reused"
         if not force:
             res = check_engine_file(cached, cached_rec_path, backend, None, target,

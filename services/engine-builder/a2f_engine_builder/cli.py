@@ -46,10 +46,12 @@ FLAG_HELP = {
     "debounce_s": "quiet time after a change (default 2)",
     "backoff_initial_s": "first retry delay after a failure (default 10)",
     "backoff_max_s": "longest retry delay (default 600)",
-    "metrics_port": "Prometheus port, 0 disables (default 9102)",
+    "metrics_port": "Prometheus port, -1 disables, 0 picks a free one (default 9102)",
     "metrics_host": "metrics bind address (default 0.0.0.0)",
     "ort_threads": "ONNX Runtime threads, 0 = all (default 0)",
     "log_level": "logging level (default INFO)",
+    "engine_cache_keep": "cached engines no version uses, kept for rollbacks (default 1)",
+    "sweep_interval_s": "period of the sweep of crashed writers' temp files (default 600)",
 }
 
 
@@ -97,6 +99,7 @@ def run_once(builder: EngineBuilder, skip: bool, force: bool) -> int:
         outcome = builder.ensure(folder, force=force)
         if not outcome.ok:
             failed.append(outcome.model)
+    builder.collect_engine_cache()
     builder.hash_cache.save()
     if failed:
         logger.error("no valid engine for %d of %d model(s): %s", len(failed), len(folders),
@@ -124,13 +127,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("Initializing engine builder: root %s, backend %s (%s), precision %s",
                 cfg.models_root, backend_name, why, cfg.precision)
     metrics = BuilderMetrics(CollectorRegistry())
-    if cfg.metrics_port:
+    if cfg.metrics_port >= 0:
         from prometheus_client import start_http_server
 
-        start_http_server(cfg.metrics_port, cfg.metrics_host, registry=metrics.registry)
-        logger.info("metrics on http://%s:%d/metrics", cfg.metrics_host, cfg.metrics_port)
+        server, _thread = start_http_server(cfg.metrics_port, cfg.metrics_host,
+                                            registry=metrics.registry)
+        logger.info("metrics on http://%s:%d/metrics", cfg.metrics_host,
+                    server.server_address[1])
     cache = HashCache(hash_cache_path(cfg.models_root))
-    builder = EngineBuilder(cfg.models_root, backend, cache, metrics)
+    builder = EngineBuilder(cfg.models_root, backend, cache, metrics,
+                            engine_cache_keep=cfg.engine_cache_keep)
 
     if cfg.once:
         rc = run_once(builder, cfg.skip_build, cfg.force_rebuild)
@@ -151,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         daemon = BuildDaemon(builder, poll_interval_s=cfg.poll_interval_s,
                              debounce_s=cfg.debounce_s, inotify=cfg.inotify,
                              backoff_initial_s=cfg.backoff_initial_s,
-                             backoff_max_s=cfg.backoff_max_s, force_first=cfg.force_rebuild)
+                             backoff_max_s=cfg.backoff_max_s, force_first=cfg.force_rebuild,
+                             sweep_interval_s=cfg.sweep_interval_s)
         daemon.start()
     stop.wait()
     if daemon is not None:

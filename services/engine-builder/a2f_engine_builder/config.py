@@ -50,7 +50,11 @@ class BuilderConfig:
     debounce_s: quiet time after a change before acting. Default 2.
     backoff_initial_s / backoff_max_s: retry delay after a failed build, doubled per
         consecutive failure of the same model. Defaults 10 / 600.
-    metrics_port: Prometheus metrics port (0 disables). Default 9102.
+    metrics_port: Prometheus metrics port; -1 disables, 0 picks a free port (the same rule
+        as the other two services). Default 9102.
+    engine_cache_keep: cached engines in ``.a2f/engines`` that no version uses, kept for a
+        quick rollback; those a version uses are always kept. Default 1.
+    sweep_interval_s: period of the sweep of dead builders' temporary files. Default 600.
     metrics_host: bind address for metrics. Default ``0.0.0.0``.
     ort_threads: ONNX Runtime intra-op threads for build and verification (0 = all cores).
     log_level: ``INFO`` by default.
@@ -71,6 +75,8 @@ class BuilderConfig:
     metrics_host: str = "0.0.0.0"
     ort_threads: int = 0
     log_level: str = "INFO"
+    engine_cache_keep: int = 1
+    sweep_interval_s: float = 600.0
 
     def __post_init__(self) -> None:
         self.models_root = Path(self.models_root)
@@ -78,15 +84,19 @@ class BuilderConfig:
             raise ValueError(f"backend {self.backend!r}: expected one of {BACKEND_CHOICES}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r}: expected one of {PRECISIONS}")
-        for name in ("poll_interval_s", "backoff_initial_s", "backoff_max_s"):
+        for name in ("poll_interval_s", "backoff_initial_s", "backoff_max_s",
+                     "sweep_interval_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.debounce_s < 0:
             raise ValueError(f"debounce_s must be >= 0, got {self.debounce_s}")
         if self.backoff_max_s < self.backoff_initial_s:
             raise ValueError("backoff_max_s must be >= backoff_initial_s")
-        if not 0 <= self.metrics_port <= 65535:
-            raise ValueError(f"metrics_port {self.metrics_port} is not a TCP port (0 disables)")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port {self.metrics_port} is out of range: allowed -1 "
+                             "(off), 0 (any free port) .. 65535")
+        if self.engine_cache_keep < 0:
+            raise ValueError(f"engine_cache_keep must be >= 0, got {self.engine_cache_keep}")
         if self.ort_threads < 0:
             raise ValueError(f"ort_threads must be >= 0, got {self.ort_threads}")
 

@@ -30,13 +30,19 @@ class BuildDaemon:
     filesystems; temporary names ignored; debounced). It watches the root and, through it,
     the version directories under ``.a2f/versions`` that model folders point to, so symlink
     swaps are seen. A model whose build failed is retried after ``backoff_initial_s``,
-    doubling up to ``backoff_max_s``, or at once when its ONNX changes.
+    doubling up to ``backoff_max_s``, or at once when its ONNX changes. Temporary files of
+    dead builders are swept at start and every ``sweep_interval_s``; after each pass that
+    built something, cached engines no version uses are collected
+    (:meth:`EngineBuilder.collect_engine_cache`).
     """
 
     def __init__(self, builder: EngineBuilder, *, poll_interval_s: float = 30.0,
                  debounce_s: float = 2.0, inotify: bool = True, backoff_initial_s: float = 10.0,
-                 backoff_max_s: float = 600.0, force_first: bool = False) -> None:
+                 backoff_max_s: float = 600.0, force_first: bool = False,
+                 sweep_interval_s: float = 600.0) -> None:
         self.builder = builder
+        self.sweep_interval_s = sweep_interval_s
+        self._next_sweep = 0.0
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self._force_pending = force_first
@@ -86,13 +92,21 @@ class BuildDaemon:
         return {m for m, b in self._backoff.items() if b.next_at <= now}
 
     def _timeout(self, now: float) -> float:
-        if not self._backoff:
-            return 60.0
-        return max(0.05, min(b.next_at for b in self._backoff.values()) - now)
+        wake = [self._next_sweep] + [b.next_at for b in self._backoff.values()]
+        return max(0.05, min(wake) - now)
+
+    def _sweep_if_due(self) -> None:
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.sweep_interval_s
+        removed = self.builder.sweep_temps(list_model_dirs(self.builder.models_root))
+        if removed:
+            logger.info("swept %d temporary file(s) of dead builders", removed)
 
     def _run(self) -> None:
-        self.builder.sweep_temps(list_model_dirs(self.builder.models_root))
         while not self._stop.is_set():
+            self._sweep_if_due()
             with self._cond:
                 now = time.monotonic()
                 if not self._pending and not self._due(now):
@@ -106,8 +120,11 @@ class BuildDaemon:
                     return
                 self._process(name)
             if todo:
-                self.passes += 1
+                self.builder.collect_engine_cache()
                 self.builder.hash_cache.save()
+                with self._cond:
+                    self.passes += 1
+                    self._cond.notify_all()
 
     def _process(self, name: str) -> None:
         folder = self.builder.models_root / name
@@ -146,5 +163,5 @@ class BuildDaemon:
         self._backoff[name] = _Backoff(failures, time.monotonic() + delay,
                                        outcome.onnx_identity)
         metrics.consecutive_failures.labels(name).set(failures)
-        logger.warning("%s: build failed %d time(s) in a row; next attempt in %.0fs",
+        logger.warning("%s: build failed %d time(s) in a row; next attempt in %.1fs",
                        name, failures, delay)

@@ -22,9 +22,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from a2f_model_sync.config import ENV, ENV_PREFIX, SyncConfig
+from a2f_model_sync.connect import open_source
 from a2f_model_sync.health import HealthServer
 from a2f_model_sync.metrics import SyncMetrics
-from a2f_model_sync.s3source import SourceError, open_source
+from a2f_model_sync.readiness import ReadinessGate
+from a2f_model_sync.source import SourceError
 from a2f_model_sync.sync import ModelSync, RunReport
 from a2f_volume.errors import InvalidArgumentError
 
@@ -40,8 +42,9 @@ FLAG_HELP = {
     "jitter_fraction": "random extra of up to this fraction of the interval (default 0.1)",
     "endpoint_url": "S3-compatible endpoint URL (MinIO, ...)",
     "delete": "remove models that are gone from the source (default: keep them)",
-    "adopt": "move a plain model directory into the versions store instead of refusing to "
-             "replace it",
+    "adopt": "move a plain model directory (the seed's layout) into the versions store once "
+             "the source can be listed, keeping files that match it (default); --no-adopt "
+             "refuses plain directories (error kind plain_folder)",
     "max_concurrency": "parallel GETs (default 10)",
     "multipart_chunk_bytes": "ranged-GET size for large objects (default 8 MiB)",
     "max_bytes_per_s": "bandwidth limit, 0 = none (default)",
@@ -49,6 +52,7 @@ FLAG_HELP = {
     "health_port": "/ready, /healthz, /metrics port (default 9103; -1 disables)",
     "grace_s": "old versions live at least this long (default 600)",
     "keep_versions": "old versions kept at most (default 2)",
+    "engine_cache_keep": "cached engines no version uses, kept for rollbacks (default 1)",
     "once_attempts": "passes tried by --once (default 3)",
     "retry_max_s": "longest back-off between failed passes of the daemon (default 300)",
     "s3_max_attempts": "attempts per S3 request with exponential back-off (default 6)",
@@ -110,18 +114,24 @@ def run_once(sync: ModelSync, attempts: int, stop: threading.Event) -> int:
 
 def run_daemon(sync: ModelSync, config: SyncConfig, health: HealthServer | None,
                stop: threading.Event) -> int:
+    """Passes every interval; failed passes retried with exponential back-off and jitter.
+
+    Readiness (:mod:`.readiness`) is checked before the first pass, so a volume that already
+    holds complete models is ready at once even if the source cannot be reached.
+    """
+    gate = ReadinessGate(sync.root, sync.metrics, health.ready if health is not None else None)
+    gate.check(listed=None)
     failures = 0
     rng = random.Random()
     while not stop.is_set():
         report = sync.run()
         if report.result == "interrupted":
             break
+        gate.check(report.listed, sync.source_problem(report))
         if report.matched:
+            if failures:
+                logger.info("pass succeeded after %d failed pass(es)", failures)
             failures = 0
-            if health is not None and not health.ready.is_set():
-                health.ready.set()
-                sync.metrics.ready.set(1)
-                logger.info("first complete sync done: ready")
             delay = config.interval_s * (1 + rng.uniform(0, config.jitter_fraction))
         else:
             failures += 1

@@ -34,7 +34,9 @@ class SyncConfig:
       extra of up to this fraction of it (default 0.1).
     - ``endpoint_url``: S3-compatible endpoint (MinIO, ...), default AWS.
     - ``delete``: mirror removal of a model from the source (default False: keep it).
-    - ``adopt``: move a plain model directory into the versions store (default False: refuse).
+    - ``adopt``: move a plain model directory (the seed's layout) into the versions store once
+      the source can be listed, keeping the files that match the source (default True; False
+      refuses such a folder with error kind ``plain_folder``).
     - ``max_concurrency``: parallel GETs (default 10), ``multipart_chunk_bytes``: objects above
       this are fetched as ranged GETs of this size (default 8 MiB).
     - ``max_bytes_per_s``: bandwidth limit, 0 for none (default 0).
@@ -42,6 +44,8 @@ class SyncConfig:
       daemon (default 0.0.0.0:9103; port -1 disables).
     - ``grace_s``: an old version stays at least this long after being superseded (default 600),
       ``keep_versions``: old versions kept at most when no one leases them (default 2).
+    - ``engine_cache_keep``: cached engines in ``.a2f/engines`` that no version uses, kept for
+      a quick rollback (default 1; those a version uses are always kept).
     - ``once_attempts``: passes tried by ``--once`` before giving up (default 3).
     - ``retry_max_s``: longest back-off between failed passes of the daemon (default 300).
     - ``s3_max_attempts``: attempts per S3 request, with botocore's exponential back-off
@@ -56,7 +60,7 @@ class SyncConfig:
     jitter_fraction: float = 0.1
     endpoint_url: str | None = None
     delete: bool = False
-    adopt: bool = False
+    adopt: bool = True
     max_concurrency: int = 10
     multipart_chunk_bytes: int = 8 << 20
     max_bytes_per_s: int = 0
@@ -64,6 +68,7 @@ class SyncConfig:
     health_port: int = 9103
     grace_s: float = 600.0
     keep_versions: int = 2
+    engine_cache_keep: int = 1
     once_attempts: int = 3
     retry_max_s: float = 300.0
     s3_max_attempts: int = 6
@@ -86,6 +91,7 @@ class SyncConfig:
             ("health_port", -1 <= self.health_port <= 65535, "-1 (off), 0 (any) .. 65535"),
             ("grace_s", self.grace_s >= 0, ">= 0"),
             ("keep_versions", self.keep_versions >= 0, ">= 0"),
+            ("engine_cache_keep", self.engine_cache_keep >= 0, ">= 0"),
             ("once_attempts", self.once_attempts >= 1, ">= 1"),
             ("retry_max_s", self.retry_max_s > 0, "> 0"),
             ("s3_max_attempts", 1 <= self.s3_max_attempts <= 20, "between 1 and 20"),

@@ -13,7 +13,8 @@ logger = logging.getLogger(__name__)
 
 
 class HealthServer:
-    """``/ready`` answers 200 once ``ready`` is set (after the first complete sync), else 503.
+    """``/ready`` answers 200 once ``ready`` is set (the volume holds a complete version of every
+    model to serve: :mod:`a2f_model_sync.readiness`), else 503.
 
     ``/healthz`` answers 200 while the process runs; ``/metrics`` serves ``registry``.
     """
@@ -29,7 +30,8 @@ class HealthServer:
                     self._send(200, generate_latest(reg), CONTENT_TYPE_LATEST)
                 elif path == "/ready":
                     ok = ready.is_set()
-                    self._send(200 if ok else 503, b"ready\n" if ok else b"first sync pending\n")
+                    self._send(200 if ok else 503, b"ready\n" if ok else
+                               b"not ready: the volume lacks a complete model (see the log)\n")
                 elif path in ("/healthz", "/live"):
                     self._send(200, b"ok\n")
                 else:

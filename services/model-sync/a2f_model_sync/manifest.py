@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from a2f_model_sync.s3source import SourceObject
+from a2f_model_sync.source import SourceObject
 from a2f_volume.versions import ObjectRecord, VersionRecord
 
 

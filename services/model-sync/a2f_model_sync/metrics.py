@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from a2f_model_sync.listing import SKIP_REASONS
+
 RUN_RESULTS = ("success", "error", "interrupted")
 ERROR_KINDS = (
     "unreachable",
@@ -14,6 +16,8 @@ ERROR_KINDS = (
     "s3_error",
     "checksum",
     "changed_during_download",
+    "truncated",
+    "bad_record",
     "disk_full",
     "plain_folder",
     "config",
@@ -44,7 +48,16 @@ class SyncMetrics:
         self.last_success = Gauge(f"{ns}_last_success_timestamp_seconds",
                                   "Unix time of the last pass that matched the source.",
                                   registry=registry)
-        self.ready = Gauge(f"{ns}_ready", "1 after the first complete sync.", registry=registry)
+        self.ready = Gauge(f"{ns}_ready", "1 once the volume holds a complete version of every "
+                           "model to serve (see docs/model-sync.md).", registry=registry)
+        self.source_up = Gauge(f"{ns}_source_up", "1 if the last pass could list the source, 0 "
+                               "during an outage (S3, STS, IAM, network).", registry=registry)
+        self.consecutive_failed_runs = Gauge(
+            f"{ns}_consecutive_failed_runs", "Passes in a row that did not match the source "
+            "(drives the retry back-off).", registry=registry)
+        self.skipped_objects = Counter(
+            f"{ns}_skipped_objects", "Source objects never downloaded, by reason (counted "
+            "once per key).", ["reason"], registry=registry)
         self.model_version = Gauge(f"{ns}_model_version_info",
                                    "Published version of each model (value 1).",
                                    ["model", "version"], registry=registry)
@@ -53,6 +66,8 @@ class SyncMetrics:
             self.runs.labels(result=result)
         for kind in ERROR_KINDS:
             self.errors.labels(kind=kind)
+        for reason in SKIP_REASONS:
+            self.skipped_objects.labels(reason=reason)
         for op in ("ListObjectsV2", "GetObject", "HeadObject"):
             self.requests.labels(operation=op)
         self._versions: dict[str, str] = {}
