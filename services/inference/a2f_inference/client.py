@@ -7,6 +7,10 @@ end-of-audio. A concurrent reader collects the blendshape names, every frame and
 audio, and at the end writes ``animation_frames.csv`` (``timeCode``, ``blendShapes.<Name>``) and
 ``out.wav`` into ``<out>/output_NNNNNN/`` (the next free number).
 
+TLS: ``--tls-ca-file`` (the CA of the server's certificate; ``--tls`` alone trusts the system's
+roots), and for a server that requires client certificates ``--tls-cert-file`` and
+``--tls-key-file``; without any of them the channel is plaintext.
+
 The streaming core (:func:`stream_audio`) is shared with ``a2f-bench serve`` and ``a2f-demo``.
 """
 
