@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from a2f_inference.audio import synthetic_speech, write_wav
 from a2f_inference.client import StreamResult, build_requests, call_metadata, stream_audio
+from a2f_inference.client import main as client_main
 from a2f_inference.proto_gen.nvidia_audio2face_3d import audio2face_pb2_grpc
 from a2f_inference.tls_client import client_credentials
 
@@ -200,3 +201,20 @@ def test_a_tls_server_answers_probes_on_its_plaintext_admin_listener(standin_roo
         admin = f"127.0.0.1:{srv.server.admin_port}"
         assert run(health_check(admin, None)) == health_pb2.HealthCheckResponse.SERVING
         assert refused(srv.address, None) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_client_cli_streams_over_mutual_tls_and_names_a_half_given_identity(
+        standin_root: Path, pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    wav = tmp_path / "in.wav"
+    write_wav(wav, synthetic_speech(1.0, 16000), 16000)
+    cert, key = pki.client("cli")
+    with run_server(standin_root, tls_client_ca_file=pki.ca_file, **pki.server_files()) as srv:
+        common = [str(wav), "--server", srv.address, "--model", REGRESSION,
+                  "--out", str(tmp_path / "out"), "--quiet"]
+        assert client_main([*common, "--tls-ca-file", str(pki.ca_file), "--tls-cert-file",
+                            str(cert), "--tls-key-file", str(key)]) == 0
+        assert (tmp_path / "out" / "output_000001" / "animation_frames.csv").is_file()
+        assert client_main([*common, "--tls-ca-file", str(pki.ca_file),
+                            "--tls-cert-file", str(cert)]) == 2
+        assert "needs both --tls-cert-file and --tls-key-file" in capsys.readouterr().err
+        assert client_main(common) == 1  # plaintext against the TLS port: refused
