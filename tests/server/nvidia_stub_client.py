@@ -1,7 +1,9 @@
 """A client written only against NVIDIA's published stubs, like their sample app.
 
-Run as ``python nvidia_stub_client.py HOST:PORT WAV [MODEL]``; prints one JSON object with
-what came back (kept out of the server's process and packages on purpose).
+Run as ``python nvidia_stub_client.py HOST:PORT WAV [MODEL] [--tls-ca-file PEM
+[--tls-cert-file PEM --tls-key-file PEM]]``; prints one JSON object with what came back (kept
+out of the server's process and packages on purpose). With ``--tls-ca-file`` the channel is
+TLS, built with grpc's own ``ssl_channel_credentials`` as NVIDIA's sample client does.
 """
 
 from __future__ import annotations
@@ -17,9 +19,38 @@ from nvidia_ace import audio_pb2
 from nvidia_audio2face_3d import audio2face_pb2_grpc, messages_pb2
 
 
+def _tls_options(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Positional arguments and ``--tls-*-file PATH`` pairs."""
+    positional, options = [], {}
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("--tls-"):
+            options[arg] = next(it)
+        else:
+            positional.append(arg)
+    return positional, options
+
+
+def _channel(target: str, tls: dict[str, str]) -> grpc.Channel:
+    if "--tls-ca-file" not in tls:
+        return grpc.insecure_channel(target)
+
+    def read(flag: str) -> bytes | None:
+        if flag not in tls:
+            return None
+        with open(tls[flag], "rb") as f:
+            return f.read()
+
+    creds = grpc.ssl_channel_credentials(root_certificates=read("--tls-ca-file"),
+                                         private_key=read("--tls-key-file"),
+                                         certificate_chain=read("--tls-cert-file"))
+    return grpc.secure_channel(target, creds)
+
+
 def main() -> None:
-    target, wav_path = sys.argv[1], sys.argv[2]
-    model = sys.argv[3] if len(sys.argv) > 3 else None
+    args, tls = _tls_options(sys.argv[1:])
+    target, wav_path = args[0], args[1]
+    model = args[2] if len(args) > 2 else None
     with wave.open(wav_path, "rb") as w:
         rate = w.getframerate()
         pcm = w.readframes(w.getnframes())
@@ -53,7 +84,7 @@ def main() -> None:
     out: dict = {"order": [], "time_codes": [], "n_values": [], "audio_bytes": [],
                  "audio_time_codes": []}
     md = (("x-a2f-model", model),) if model else ()
-    with grpc.insecure_channel(target) as channel:
+    with _channel(target, tls) as channel:
         stub = audio2face_pb2_grpc.A2FControllerServiceStub(channel)
         responses = stub.ProcessAudioStream(requests(), metadata=md)
         for msg in responses:

@@ -7,6 +7,10 @@ end-of-audio. A concurrent reader collects the blendshape names, every frame and
 audio, and at the end writes ``animation_frames.csv`` (``timeCode``, ``blendShapes.<Name>``) and
 ``out.wav`` into ``<out>/output_NNNNNN/`` (the next free number).
 
+TLS: ``--tls-ca-file`` (the CA of the server's certificate; ``--tls`` alone trusts the system's
+roots), and for a server that requires client certificates ``--tls-cert-file`` and
+``--tls-key-file``; without any of them the channel is plaintext.
+
 The streaming core (:func:`stream_audio`) is shared with ``a2f-bench serve`` and ``a2f-demo``.
 """
 
@@ -30,6 +34,8 @@ from a2f_inference.audio import WavFormatError, read_wav, write_wav
 from a2f_inference.proto_gen.nvidia_ace import animation_pb2, audio_pb2, status_pb2
 from a2f_inference.proto_gen.nvidia_audio2face_3d import audio2face_pb2_grpc, messages_pb2
 from a2f_inference.protocol import IDENTITY_METADATA, MODEL_METADATA, VERSION_METADATA
+from a2f_inference.tls_client import client_credentials
+from a2f_volume.errors import InvalidArgumentError
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +260,10 @@ async def run_client(wav: Path, server: str, *, model: str | None = None,
                      identity: str | None = None, emotions: Sequence[EmotionKey] = (),
                      face_params: dict[str, float] | None = None, out: Path = Path("."),
                      quiet: bool = False, realtime: bool = False,
-                     lb_policy: LbPolicy | None = None) -> tuple[StreamResult, Path]:
-    """Stream one WAV file and write the outputs; returns the result and the output folder."""
+                     tls: TlsOptions | None = None, lb_policy: LbPolicy | None = None,
+                     ) -> tuple[StreamResult, Path]:
+    """Stream one WAV file and write the outputs; returns the result and the output folder.
+    ``tls`` None: plaintext. ``lb_policy``: see :func:`channel_options`."""
     pcm, rate = read_wav(wav)
     requests = build_requests(pcm, rate, emotions=emotions, face_params=face_params)
     seconds = len(pcm) / 2 / rate
@@ -269,7 +277,7 @@ async def run_client(wav: Path, server: str, *, model: str | None = None,
             print(f"  {len(r.time_codes)} frames received, up to {t:.2f}s of {seconds:.2f}s",
                   flush=True)
 
-    async with grpc.aio.insecure_channel(server, options=channel_options(lb_policy)) as channel:
+    async with open_channel(server, tls, lb_policy) as channel:
         stub = audio2face_pb2_grpc.A2FControllerServiceStub(channel)
         if not quiet:
             print(f"streaming {wav} ({seconds:.2f}s at {rate} Hz) to {server}", flush=True)
@@ -287,6 +295,40 @@ async def run_client(wav: Path, server: str, *, model: str | None = None,
               f"achieved {result.fps:.1f} FPS; model version {result.model_version or '?'}")
         print(f"wrote {out_dir / 'animation_frames.csv'} and {out_dir / 'out.wav'}")
     return result, out_dir
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """How ``a2f-client`` secures its channel: the CA of the server's certificate (None: the
+    system's roots), a client certificate and key for mutual TLS, and the name the server's
+    certificate must carry when it differs from the address dialled."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TlsOptions | None:
+        """None (plaintext) unless ``--tls`` or one of the ``--tls-*`` flags is given."""
+        given = (args.tls_ca_file, args.tls_cert_file, args.tls_key_file, args.tls_server_name)
+        if not args.tls and all(v is None for v in given):
+            return None
+        return cls(args.tls_ca_file, args.tls_cert_file, args.tls_key_file,
+                   args.tls_server_name)
+
+
+def open_channel(server: str, tls: TlsOptions | None,
+                 lb_policy: LbPolicy | None = None) -> grpc.aio.Channel:
+    """A plaintext channel, or a TLS one with :func:`client_credentials`; ``lb_policy`` as in
+    :func:`channel_options`."""
+    options = channel_options(lb_policy)
+    if tls is None:
+        return grpc.aio.insecure_channel(server, options=options)
+    creds = client_credentials(tls.ca_file, tls.cert_file, tls.key_file)
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.aio.secure_channel(server, creds, options=options)
 
 
 def _face_param(text: str) -> tuple[str, float]:
@@ -321,6 +363,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true",
                    help="send each 1-second chunk one second after the previous one")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    tls = p.add_argument_group("TLS", "any of these makes the channel TLS (default plaintext)")
+    tls.add_argument("--tls", action="store_true",
+                     help="TLS, trusting the system's CA roots (unless --tls-ca-file)")
+    tls.add_argument("--tls-ca-file", type=Path, metavar="PEM",
+                     help="CA certificate(s) that signed the server's certificate")
+    tls.add_argument("--tls-cert-file", type=Path, metavar="PEM",
+                     help="client certificate, for a server that requires mutual TLS")
+    tls.add_argument("--tls-key-file", type=Path, metavar="PEM",
+                     help="private key of --tls-cert-file")
+    tls.add_argument("--tls-server-name", metavar="NAME",
+                     help="name to verify in the server's certificate (default: the host of "
+                     "--server)")
     return p
 
 
@@ -331,8 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result, _ = asyncio.run(run_client(
             args.wav, args.server, model=args.model, identity=args.identity,
             emotions=args.emotion, face_params=dict(args.face_param), out=args.out,
-            quiet=args.quiet, realtime=args.realtime, lb_policy=args.lb_policy))
-    except (WavFormatError, FileNotFoundError) as err:
+            quiet=args.quiet, realtime=args.realtime, tls=TlsOptions.from_args(args),
+            lb_policy=args.lb_policy))
+    except (WavFormatError, FileNotFoundError, InvalidArgumentError) as err:
         print(f"a2f-client: {err}", file=sys.stderr)
         return 2
     if not result.ok:

@@ -66,6 +66,7 @@ from a2f_volume.layout import (
     staging_dir,
     versions_dir,
 )
+from a2f_volume.leases import create_lease_file, ensure_lease_files
 from a2f_volume.lock import FileLock
 from a2f_volume.publish import fsync_dir
 from a2f_volume.scan import list_dir
@@ -449,6 +450,7 @@ class ModelSync:
                 objects=tuple(records[p] for p in sorted(records)),
             )
             versions.write_record(stage, record)
+            create_lease_file(stage)  # readers lease through a read-only mount
             _fsync_tree(stage)
             vroot = versions_dir(self.root, model)
             vroot.mkdir(parents=True, exist_ok=True)
@@ -481,6 +483,10 @@ class ModelSync:
         report.kept_without_delete.extend(kept)
 
     def _collect_garbage(self, engine_keep: int | None = None) -> None:
+        try:  # lease files of versions from before they existed, of adopted folders
+            ensure_lease_files(self.root)
+        except OSError as err:
+            logger.warning("cannot create missing lease files under %s: %s", self.root, err)
         collect_garbage(self.root, self.config.keep_versions, self.config.grace_s,
                         self.config.engine_cache_keep if engine_keep is None else engine_keep)
 

@@ -15,41 +15,36 @@ import asyncio
 import logging
 import signal
 import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
 from prometheus_client import CollectorRegistry, start_http_server
 
-from a2f_inference.proto_gen.a2f_admin import admin_pb2, admin_pb2_grpc
-from a2f_inference.proto_gen.nvidia_audio2face_3d import (
-    a2x_export_config_pb2,
-    a2x_export_config_pb2_grpc,
-    audio2face_pb2,
-    audio2face_pb2_grpc,
-)
+from a2f_inference.proto_gen.nvidia_audio2face_3d import audio2face_pb2_grpc
 from a2f_inference.protocol import LIVENESS_SERVICE
 from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.limits import server_options
+from a2f_inference.server.listeners import (
+    ADMIN_SERVICES,
+    CONTROLLER_SERVICE,
+    add_admin_services,
+    add_health_and_reflection,
+    describe_security,
+    listen,
+    tls_certificates,
+)
 from a2f_inference.server.metrics import InferenceMetrics
 from a2f_inference.server.model import LoadedModel
 from a2f_inference.server.modes import as_engine_policy, needs_built_engine
 from a2f_inference.server.registry import ModelRegistry
-from a2f_inference.server.reload import ModelReloader, health_service_name
-from a2f_inference.server.servicers import (
-    A2FControllerServicer,
-    A2XExportConfigServicer,
-    ModelAdminServicer,
-)
+from a2f_inference.server.reload import ModelReloader, ReloadStatus, health_service_name
+from a2f_inference.server.servicers import A2FControllerServicer
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = (
-    audio2face_pb2.DESCRIPTOR.services_by_name["A2FControllerService"].full_name,
-    a2x_export_config_pb2.DESCRIPTOR.services_by_name["A2XExportConfigService"].full_name,
-    admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name,
-)
+SERVICE_NAMES = (CONTROLLER_SERVICE, *ADMIN_SERVICES)
 # Responses are one frame each; the receive cap comes from the limits (server_options).
 _MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -66,6 +61,8 @@ class InferenceServer:
         self.port = 0
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
+        self.admin_port = 0
+        self._admin_server: grpc.aio.Server | None = None
         self._metrics_http: Any = None
         self._stopped = asyncio.Event()
         self._stopping = False
@@ -83,6 +80,7 @@ class InferenceServer:
         self.metrics.watch_versions(self._version_rows)
 
     async def start(self, load_models: bool = True) -> None:
+        certs = tls_certificates(self.config, self.metrics)
         server = grpc.aio.server(options=[
             *server_options(self.config),
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
@@ -90,24 +88,20 @@ class InferenceServer:
         ])
         audio2face_pb2_grpc.add_A2FControllerServiceServicer_to_server(
             A2FControllerServicer(self.registry, self.config, self.metrics), server)
-        a2x_export_config_pb2_grpc.add_A2XExportConfigServiceServicer_to_server(
-            A2XExportConfigServicer(self.registry, self.config), server)
-        admin_pb2_grpc.add_ModelAdminServicer_to_server(
-            ModelAdminServicer(self.registry,
-                               self.reloader.status if self.reloader is not None else None),
-            server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        admin_here = not self.config.admin_address
+        if admin_here:
+            add_admin_services(server, self.registry, self.config, self._reload_status())
+        add_health_and_reflection(server, self.health, SERVICE_NAMES, with_reflection=admin_here)
         address = f"{self.config.host}:{self.config.port}"
-        self.port = server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {address}")
+        self.port = listen(server, address, certs)
+        if not admin_here:
+            await self._start_admin_listener()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await server.start()
         self._server = server
-        log.info("listening on %s:%d (gRPC)", self.config.host, self.port)
+        log.info("listening on %s:%d (gRPC, %s)", self.config.host, self.port,
+                 describe_security(certs))
         if self.config.metrics_port >= 0:
             http, _thread = start_http_server(self.config.metrics_port, addr=self.config.host,
                                               registry=self.metrics.registry)
@@ -121,6 +115,21 @@ class InferenceServer:
             else:
                 await asyncio.to_thread(self.registry.load_all)
         await self.refresh_health()
+
+    def _reload_status(self) -> Callable[[], Mapping[str, ReloadStatus]] | None:
+        return self.reloader.status if self.reloader is not None else None
+
+    async def _start_admin_listener(self) -> None:
+        """``ModelAdmin``, ``GetConfigs``, reflection and health on ``admin_address``
+        (plaintext: see :mod:`a2f_inference.server.listeners`)."""
+        admin = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        add_admin_services(admin, self.registry, self.config, self._reload_status())
+        add_health_and_reflection(admin, self.health, ADMIN_SERVICES, with_reflection=True)
+        self.admin_port = listen(admin, self.config.admin_address, None)
+        await admin.start()
+        self._admin_server = admin
+        log.info("admin listener on %s:%d (ModelAdmin, GetConfigs, reflection, health; "
+                 "plaintext)", self.config.admin_address.rpartition(":")[0], self.admin_port)
 
     async def refresh_health(self) -> None:
         """SERVING while the default model is loaded (and not shutting down), else NOT_SERVING.
@@ -195,6 +204,8 @@ class InferenceServer:
                 await asyncio.to_thread(self.reloader.stop)
             log.info("shutting down: %d open stream(s), grace %.1fs",
                      self.registry.open_streams, grace)
+            if self._admin_server is not None:
+                await self._admin_server.stop(0)
             if self._server is not None:
                 await self._server.stop(grace)
         finally:

@@ -41,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:
         log.error("cannot start: %s", err)
         return 1
+    except A2FError as err:  # e.g. a TLS file that cannot be used
+        log.error("cannot start: %s", err)
+        return 2
 
 
 if __name__ == "__main__":

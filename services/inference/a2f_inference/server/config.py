@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 from a2f_config import EnvLoader
 from a2f_inference.server.limits import check_limits
 from a2f_inference.server.modes import EnginePolicy, PostprocessMode
+from a2f_inference.server.tls import TlsFiles
 from a2f_volume.errors import InvalidArgumentError
 
 ENV_PREFIX = "A2F_INFERENCE_"
@@ -28,6 +29,14 @@ HOT_RELOAD_MODES: tuple[HotReloadMode, ...] = get_args(HotReloadMode)
 #: Where each field is read from: ``A2F_INFERENCE_<FIELD>``, except the seed's two names.
 ENV = EnvLoader(ENV_PREFIX, {"models_root": ("A2F_MODEL_DATA_PATH",),
                              "model_path": ("A2F_MODEL_PATH",)})
+
+
+def admin_port(address: str) -> int | None:
+    """The port of a ``HOST:PORT`` address, or None when it is not one."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        return None
+    return int(port)
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,15 @@ class ServerConfig:
             get before it is closed (default 360 = ``max_stream_s``: no stream is cut).
         handshake_timeout_s: a TCP connection that has not completed the HTTP/2 (or TLS)
             handshake within this is closed (default 10).
+        tls_cert_file: PEM certificate (chain) of the gRPC port; with ``tls_key_file`` the
+            port speaks TLS only (default unset: plaintext). Re-read when it changes on disk.
+        tls_key_file: PEM private key (unencrypted) of ``tls_cert_file`` (default unset).
+        tls_client_ca_file: PEM CA bundle; when set, every client must present a certificate
+            signed by it (mutual TLS) (default unset: no client certificates asked for).
+        admin_address: ``HOST:PORT`` of a separate plaintext listener that alone serves
+            ``ModelAdmin``, ``GetConfigs`` and reflection (plus health, for probes when the
+            gRPC port is TLS); empty keeps them on the gRPC port, as before (default empty;
+            ``127.0.0.1:50052`` keeps them inside the pod).
     """
 
     models_root: Path = Path("/data/models")
@@ -127,6 +145,10 @@ class ServerConfig:
     max_connection_age_s: float = 300.0
     max_connection_age_grace_s: float = 360.0
     handshake_timeout_s: float = 10.0
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    admin_address: str = ""
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -158,6 +180,10 @@ class ServerConfig:
         need(0 <= self.reload_debounce_s <= 60,
              f"reload_debounce_s {self.reload_debounce_s}, expected 0..60")
         check_limits(self, need)
+        TlsFiles.from_settings(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
+        need(self.admin_address == "" or admin_port(self.admin_address) is not None,
+             f"admin_address {self.admin_address!r}, expected HOST:PORT (port 0..65535) or "
+             "empty (admin services on the gRPC port)")
 
     @property
     def default_model(self) -> str:

@@ -15,6 +15,7 @@ from a2f_inference.server.limits import LIMITS
 
 STREAM_RESULTS = ("success", "error", "cancelled")
 LOAD_RESULTS = ("loaded", "failed")
+TLS_RELOAD_RESULTS = ("loaded", "failed")
 _LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5,
                     1.0, 2.5)
@@ -80,6 +81,16 @@ class InferenceMetrics:
                 self.errors.labels(code.name)
         for limit in LIMITS:
             self.limit_cuts.labels(limit)
+        self.tls_reloads = Counter(
+            "tls_reloads", "Certificate files re-read after they changed on disk: loaded (in "
+            "use for new connections) or failed (unusable; the previous certificate stays).",
+            ["result"], namespace=ns, registry=reg)
+        for r in TLS_RELOAD_RESULTS:
+            self.tls_reloads.labels(r)
+
+    def tls_reloaded(self, ok: bool) -> None:
+        """Count one attempt to load changed certificate files."""
+        self.tls_reloads.labels("loaded" if ok else "failed").inc()
 
     def init_model(self, model: str) -> None:
         """Pre-create a model's label values so that dashboards see zeros, not gaps."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -18,9 +17,9 @@ from a2f_inference.proto_gen.nvidia_audio2face_3d import (
     messages_pb2,
 )
 from a2f_inference.server.config import ServerConfig
+from a2f_inference.server.config_export import model_settings, server_settings
 from a2f_inference.server.errors import to_status
 from a2f_inference.server.metrics import InferenceMetrics
-from a2f_inference.server.model import LoadedModel
 from a2f_inference.server.registry import ModelRegistry
 from a2f_inference.server.reload import ReloadStatus
 from a2f_inference.server.streaming import AudioStreamCall
@@ -67,13 +66,6 @@ def _to_yaml(obj: Any, indent: int = 0) -> str:
     return "\n".join(lines)
 
 
-def _model_dict(lm: LoadedModel) -> dict[str, Any]:
-    return {"name": lm.name, "kind": lm.kind, "version": lm.version,
-            "folder": str(lm.folder), "identities": list(lm.identities),
-            "engine": {"backend": lm.backend, "fingerprint": lm.fingerprint},
-            "max_batch": lm.max_batch}
-
-
 class A2XExportConfigServicer(a2x_export_config_pb2_grpc.A2XExportConfigServiceServicer):
     """``nvidia_ace.services.a2x_export_config.v1.A2XExportConfigService``: the running config."""
 
@@ -82,12 +74,12 @@ class A2XExportConfigServicer(a2x_export_config_pb2_grpc.A2XExportConfigServiceS
         self.config = config
 
     def configs(self) -> list[tuple[str, dict[str, Any]]]:
-        server = {k: (str(v) if v is not None and not isinstance(v, int | float | str) else v)
-                  for k, v in dataclasses.asdict(self.config).items()}
-        out: list[tuple[str, dict[str, Any]]] = [("server", {"server": server})]
+        out: list[tuple[str, dict[str, Any]]] = [
+            ("server", {"server": server_settings(self.config)})]
         for st in self.registry.states():
             if st.serving is not None:
-                out.append((f"model-{st.name}", {"model": _model_dict(st.serving)}))
+                out.append((f"model-{st.name}",
+                            {"model": model_settings(st.serving, self.config.models_root)}))
         return out
 
     async def GetConfigs(
