@@ -31,7 +31,7 @@ from a2f_inference.pipeline.offline import run_offline
 from a2f_volume.model_folder import ModelFolder
 
 WEIGHT_TOL = 2e-4
-FACE_MASK = {"face_params": {"faceMaskLevel": 0.35, "faceMaskSoftness": 0.02}}
+FACE_MASK: dict[str, object] = {"face_params": {"faceMaskLevel": 0.35, "faceMaskSoftness": 0.02}}
 
 
 def _pcm(seconds: float, seed: int) -> bytes:
