@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from a2f_config import EnvLoader
+from a2f_engine.noise import NoisePolicy, parse_noise_policies, policy_for
 from a2f_inference.server.modes import EnginePolicy, PostprocessMode
 from a2f_volume.errors import InvalidArgumentError
 
@@ -66,6 +67,12 @@ class ServerConfig:
         reload_poll_s: period of the full rescan of the models root (default 5).
         reload_debounce_s: quiet time after a change before the rescan (default 0.5).
         log_level: root log level name (default INFO).
+        diffusion_noise: diffusion noise policy per model: a default, then
+            ``model=policy`` overrides, e.g. ``fresh,mark-v3=constant``; policies
+            ``constant`` (one tensor per model version, NIM 2.0's ``constant_noise``) and
+            ``fresh`` (new noise every window); see docs/serving-graph.md (default constant).
+        diffusion_noise_seed: seed of the constant noise tensor and of the fresh policy's
+            noise pool, drawn once per model version (default 0).
     """
 
     models_root: Path = Path("/data/models")
@@ -89,6 +96,8 @@ class ServerConfig:
     reload_poll_s: float = 5.0
     reload_debounce_s: float = 0.5
     log_level: str = "INFO"
+    diffusion_noise: str = "constant"
+    diffusion_noise_seed: int = 0
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -119,6 +128,14 @@ class ServerConfig:
              f"reload_poll_s {self.reload_poll_s}, expected 0.05..3600")
         need(0 <= self.reload_debounce_s <= 60,
              f"reload_debounce_s {self.reload_debounce_s}, expected 0..60")
+        parse_noise_policies(self.diffusion_noise)  # raises naming the bad item
+        need(0 <= self.diffusion_noise_seed < 2**63,
+             f"diffusion_noise_seed {self.diffusion_noise_seed}, expected 0..2^63-1")
+
+    def noise_policy(self, model: str) -> NoisePolicy:
+        """The diffusion noise policy of ``model`` (``diffusion_noise``)."""
+        default, overrides = parse_noise_policies(self.diffusion_noise)
+        return policy_for(model, default, overrides)
 
     @property
     def default_model(self) -> str:
