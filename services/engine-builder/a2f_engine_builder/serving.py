@@ -34,6 +34,7 @@ from a2f_engine.serving_plan import (
 )
 from a2f_engine.serving_verify import verify_serving_graph
 from a2f_volume.engine_record import EngineRecord
+from a2f_volume.errors import A2FError
 from a2f_volume.model_folder import ModelFolder, load_model_folder
 from a2f_volume.model_kind import model_family
 
@@ -84,7 +85,11 @@ class ServingComposer:
         network."""
         if not self.enabled or model_family(folder) != "face":
             return None
-        model = load_model_folder(folder)
+        try:
+            model = load_model_folder(folder)
+        except (A2FError, OSError, ValueError) as err:  # the plain build reports it
+            logger.debug("%s: no serving graph: %s", name, err)
+            return None
         if not uses_serving_graph(model.kind, backend):
             return None
         noise = policy_for(name, self.default, self.overrides)
