@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from a2f_bench import pipeline, serve
+from a2f_bench import pipeline, serve, serving_graph
 from a2f_bench.transports import compare_transports
 from a2f_engine.blas import configure_blas_threads
 
@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "library alone on the same model in the same run.")
     serve.add_arguments(s)
     s.set_defaults(func=cmd_serve)
+    g = sub.add_parser(
+        "serving-graph", help="per-window cost of the serving graph vs network + host work",
+        description="Time one window of the composed serving graph against the original "
+                    "network plus the host noise and NumPy products it replaces.")
+    serving_graph.add_arguments(g)
+    g.set_defaults(func=serving_graph.cmd_serving_graph)
     return parser
 
 
