@@ -66,11 +66,15 @@ class EngineRecord:
     trtexec_command: str = ""
     builder: str = "a2f-engine-builder"
     format: int = RECORD_FORMAT
+    #: the engine runs a composed serving graph: its description (``ServingGraphInfo``
+    #: JSON); empty for an engine of the unmodified network
+    serving_graph: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["target"] = dict(self.target)
         d["verification"] = dict(self.verification)
+        d["serving_graph"] = dict(self.serving_graph)
         return d
 
     @classmethod
@@ -92,6 +96,10 @@ class EngineRecord:
         kwargs["verification"] = dict(doc.get("verification") or {})
         kwargs["trtexec_command"] = str(doc.get("trtexec_command") or "")
         kwargs["builder"] = str(doc.get("builder") or "")
+        serving = doc.get("serving_graph") or {}
+        if not isinstance(serving, Mapping):
+            raise ValueError(f"record field 'serving_graph' is {serving!r}, expected an object")
+        kwargs["serving_graph"] = dict(serving)
         return cls(**kwargs)
 
     def with_model(self, model: str) -> EngineRecord:

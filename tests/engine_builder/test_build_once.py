@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from a2f_engine.loader import load_engine
 from a2f_engine.onnxruntime_engine import OnnxRuntimeEngine
+from a2f_engine.serving_plan import info_from_record
+from a2f_engine.serving_verify import verify_serving_graph
 from a2f_engine.targets import Target, onnxruntime_target
 from a2f_engine.verify import deterministic_feeds
 from a2f_engine_builder.backends import OnnxRuntimeBackend
@@ -20,6 +22,7 @@ from a2f_engine_builder.cli import main
 from a2f_volume.engine_record import check_engine, read_record, valid_engine
 from a2f_volume.hashing import HashCache
 from a2f_volume.layout import ModelPaths, cached_engine_path
+from a2f_volume.model_folder import load_model_folder
 
 from .helpers import builder_for, make_model, rewrite_onnx_same_size
 
@@ -57,6 +60,11 @@ def test_missing_engine_is_built_verified_and_matches_onnx(
         assert any(r.getMessage() == f"ORT engine created: {paths.engine(ORT)}"
                    for r in caplog.records)
         engine = load_engine(paths, ORT)
+        serving = info_from_record(rec.serving_graph)
+        if serving is not None:  # diffusion: the serving graph, checked against the network
+            assert verify_serving_graph(engine, load_model_folder(paths.folder), serving,
+                                        seed=42).worst_ratio <= 1.0
+            continue
         ref = OnnxRuntimeEngine(paths.onnx, optimize=False)
         feeds = deterministic_feeds(ref.inputs, 3, seed=42)
         got, want = engine.run(feeds), ref.run(feeds)

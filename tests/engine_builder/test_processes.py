@@ -12,11 +12,14 @@ from pathlib import Path
 import pytest
 
 from a2f_engine.loader import load_engine
+from a2f_engine.serving_plan import info_from_record
+from a2f_engine.serving_verify import verify_serving_graph
 from a2f_engine.targets import onnxruntime_target
 from a2f_engine.verify import verify_engine
 from a2f_volume.engine_record import valid_engine
 from a2f_volume.hashing import HashCache
 from a2f_volume.layout import ModelPaths
+from a2f_volume.model_folder import load_model_folder
 
 from .helpers import (
     builder_cmd,
@@ -40,8 +43,13 @@ def _assert_no_false_valid(root: Path, models: list[str]) -> int:
             continue
         valid += 1
         engine = load_engine(paths, ORT, intra_op_threads=1)
+        serving = info_from_record(rec.serving_graph)
         try:
-            verify_engine(engine, paths.onnx, "fp32", batches=(2,), seed=11)
+            if serving is not None:  # the composed serving graph, checked against the network
+                verify_serving_graph(engine, load_model_folder(paths.folder), serving,
+                                     batches=(2,), seed=11)
+            else:
+                verify_engine(engine, paths.onnx, "fp32", batches=(2,), seed=11)
         finally:
             engine.close()
     return valid

@@ -12,8 +12,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from a2f_bench import pipeline, serve
+from a2f_bench import pipeline, serve, serving_graph
 from a2f_bench.transports import compare_transports
+from a2f_engine.blas import configure_blas_threads
 
 Subcommand = Callable[[argparse.Namespace], int]
 
@@ -47,6 +48,10 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=5,
                    help="rounds of (pipeline, then network on the same batch sizes); the "
                         "ratio is the median over rounds, the figures the best (default 5)")
+    p.add_argument("--noise", choices=("constant", "fresh"), default="constant",
+                   help="diffusion noise policy of the serving graph (default constant)")
+    p.add_argument("--noise-seed", type=int, default=0,
+                   help="seed of the constant noise / the fresh noise pool (default 0)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
@@ -80,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "library alone on the same model in the same run.")
     serve.add_arguments(s)
     s.set_defaults(func=cmd_serve)
+    g = sub.add_parser(
+        "serving-graph", help="per-window cost of the serving graph vs network + host work",
+        description="Time one window of the composed serving graph against the original "
+                    "network plus the host noise and NumPy products it replaces.")
+    serving_graph.add_arguments(g)
+    g.set_defaults(func=serving_graph.cmd_serving_graph)
     return parser
 
 
@@ -88,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_blas_threads()  # A2F_BLAS_THREADS (default 1), as every service
     if (getattr(args, "streams", 1) < 1 or getattr(args, "seconds", 1.0) <= 0
             or getattr(args, "repeat", 1) < 1):
         parser.error("--streams and --repeat must be >= 1 and --seconds > 0")

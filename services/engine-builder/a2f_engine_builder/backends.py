@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from a2f_engine.base import Engine
+from a2f_engine.serving_build import serving_build_spec
+from a2f_engine.serving_graph import ServingGraphInfo, info_path
 from a2f_engine.targets import (
     GpuInfo,
     Target,
@@ -119,9 +121,16 @@ class TensorRTBackend:
 
     def build(self, onnx: Path, folder: Path, out: Path, timing_cache_dir: Path
               ) -> dict[str, Any]:
+        """Build ``onnx``: the network, or a composed serving graph (recognised by its
+        description beside it, ``<graph>.json``), whose optimisation profiles then come from
+        :func:`~a2f_engine.serving_build.serving_build_spec`."""
         from a2f_engine.build_trt import build_trt_plan
 
         spec = load_trt_info(folder)
+        described = info_path(onnx)
+        if described.is_file():
+            spec = serving_build_spec(spec, ServingGraphInfo.load(described))
+
         cache = self.timing_cache_path(timing_cache_dir)
         precision = self.precision_for(folder)
         plan = build_trt_plan(onnx, spec, precision, cache)

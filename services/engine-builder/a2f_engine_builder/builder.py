@@ -42,6 +42,7 @@ from a2f_engine.targets import Target, target_precision
 from a2f_engine.verify import verify_engine
 from a2f_engine_builder.backends import BuildBackend
 from a2f_engine_builder.metrics import BuilderMetrics
+from a2f_engine_builder.serving import ServingComposer, ServingPlan
 from a2f_volume.engine_cache import (
     DEFAULT_KEEP_UNREFERENCED,
     collect_cached_engines,
@@ -196,9 +197,10 @@ class EngineBuilder:
     """Ensures valid engines for the model folders of one volume."""
 
     def __init__(self, models_root: Path, backend: BuildBackend, hash_cache: HashCache,
-                 metrics: BuilderMetrics, engine_cache_keep: int = DEFAULT_KEEP_UNREFERENCED
-                 ) -> None:
+                 metrics: BuilderMetrics, serving: ServingComposer | None = None,
+                 engine_cache_keep: int = DEFAULT_KEEP_UNREFERENCED) -> None:
         self.models_root = Path(models_root)
+        self.serving = serving if serving is not None else ServingComposer()
         self.engine_cache_keep = engine_cache_keep
         self.backend = backend
         self.hash_cache = hash_cache
@@ -245,6 +247,8 @@ class EngineBuilder:
         except (OSError, A2FError, ValueError) as err:
             return Outcome(name, "failed", str(err))
         res = check_engine(paths, self.backend.backend, target, self.hash_cache)
+        if res.record is not None and not self._serving_ok(paths, name, res.record):
+            return Outcome(name, "skipped", "engine is not the wanted serving graph")
         return Outcome(name, "up_to_date" if res.valid else "skipped", res.reason)
 
     def ensure(self, folder: Path, force: bool = False) -> Outcome:
@@ -264,7 +268,7 @@ class EngineBuilder:
                 target = self.backend.target(real)
                 if not force:
                     res = check_engine(paths, self.backend.backend, target, self.hash_cache)
-                    if res.record is not None:
+                    if res.record is not None and self._serving_ok(paths, name, res.record):
                         return self._up_to_date(name, res.record, res.reason, onnx_ident)
                     logger.info("%s: engine needs a build: %s", name, res.reason)
                 lock = FileLock(build_lock_path(self.models_root, name))
@@ -275,7 +279,8 @@ class EngineBuilder:
                 try:
                     if not force:
                         res = check_engine(paths, self.backend.backend, target, self.hash_cache)
-                        if res.record is not None:
+                        if (res.record is not None
+                                and self._serving_ok(paths, name, res.record)):
                             return self._up_to_date(name, res.record, "published by another "
                                                     f"builder: {res.reason}", onnx_ident)
                     return self._build_locked(name, folder, paths, target, force, onnx_ident)
@@ -288,6 +293,16 @@ class EngineBuilder:
             return self._failed(name, folder, err, onnx_ident)
 
     # -- internals ---------------------------------------------------------------------
+    def _serving_ok(self, paths: ModelPaths, name: str, rec: EngineRecord) -> bool:
+        """The engine is the serving-graph composition this builder wants (or the plain
+        network when the model gets none)."""
+        ok = self.serving.accepts(rec, self.serving.plan(paths.folder, self.backend.backend,
+                                                         name))
+        if not ok:
+            logger.info("%s: engine needs a build: its serving graph is not the one wanted",
+                        name)
+        return ok
+
     def _up_to_date(self, name: str, rec: EngineRecord, reason: str,
                     onnx_ident: str) -> Outcome:
         logger.info("%s: engine up to date, nothing to build (%s)", name, reason)
@@ -310,22 +325,26 @@ class EngineBuilder:
 
         onnx_sha = self.hash_cache.sha256(paths.onnx)
         onnx_size = paths.onnx.stat().st_size
-        cached = cached_engine_path(self.models_root, onnx_sha, target.fingerprint, backend)
+        plan = self.serving.plan(paths.folder, backend, name)
+        cached = cached_engine_path(self.models_root, self.serving.cache_key(onnx_sha, plan),
+                                    target.fingerprint, backend)
         cached_rec_path = cached.with_name(cached.name + ENGINE_RECORD_SUFFIX)
         with using_cache(self.models_root):
             return self._build_or_reuse(name, folder, paths, target, force, onnx_ident,
-                                        onnx_sha, onnx_size, cached, cached_rec_path)
+                                        onnx_sha, onnx_size, cached, cached_rec_path, plan)
 
     def _build_or_reuse(self, name: str, folder: Path, paths: ModelPaths, target: Target,
                         force: bool, onnx_ident: str, onnx_sha: str, onnx_size: int,
-                        cached: Path, cached_rec_path: Path) -> Outcome:
+                        cached: Path, cached_rec_path: Path, plan: ServingPlan | None
+                        ) -> Outcome:
         backend = self.backend.backend
         engine_dest = paths.engine(backend)
         result = "reused"
         if not force:
             res = check_engine_file(cached, cached_rec_path, backend, None, target,
                                     self.hash_cache)
-            cache_ok = res.record is not None and res.record.onnx_sha256 == onnx_sha
+            cache_ok = (res.record is not None and res.record.onnx_sha256 == onnx_sha
+                        and self.serving.accepts(res.record, plan))
         else:
             cache_ok = False
         if cache_ok:
@@ -334,7 +353,7 @@ class EngineBuilder:
         else:
             result = "built"
             self._build_into_cache(name, folder, paths, target, onnx_sha, onnx_size, cached,
-                                   cached_rec_path)
+                                   cached_rec_path, plan)
         # The ONNX must still be what the engine was built from (plain folders can change
         # in place; version directories never do).
         if self.hash_cache.sha256(paths.onnx) != onnx_sha:
@@ -356,18 +375,22 @@ class EngineBuilder:
 
     def _build_into_cache(self, name: str, folder: Path, paths: ModelPaths, target: Target,
                           onnx_sha: str, onnx_size: int, cached: Path,
-                          cached_rec_path: Path) -> None:
+                          cached_rec_path: Path, plan: ServingPlan | None = None) -> None:
         label = self.backend.label
         logger.info("Building %s from ONNX: %s (%s, %d bytes, sha256 %s, target %s)",
                     label, name, folder / paths.onnx.name, onnx_size, onnx_sha[:12],
                     target.fingerprint)
         # Keep the extension: ONNX Runtime picks the ORT format by the ``.ort`` suffix.
         tmp = cached.with_name(temp_name(cached.name) + cached.suffix)
+        graph = cached.with_name(temp_name(cached.name) + ".serving.onnx")
+        serving = None
         t0 = time.monotonic()
         try:
+            if plan is not None:  # build the composed serving graph instead of the network
+                serving = self.serving.compose(plan, graph)
             with _progress(f"{name}: {label} build"):
-                extra = self.backend.build(paths.onnx, paths.folder, tmp,
-                                           timing_cache_dir(self.models_root))
+                extra = self.backend.build(graph if serving is not None else paths.onnx,
+                                           paths.folder, tmp, timing_cache_dir(self.models_root))
             build_s = time.monotonic() - t0
             logger.info("%s: %s build finished in %.1fs; verifying against ONNX Runtime",
                         name, label, build_s)
@@ -379,9 +402,11 @@ class EngineBuilder:
                 raise EngineLoadError(f"cannot load the new engine: {err}") from err
             try:
                 with _progress(f"{name}: verification"):
-                    verification = verify_engine(
+                    verification = (self.serving.verify(
+                        engine, plan, serving, target_precision(target))
+                        if plan is not None and serving is not None else verify_engine(
                         engine, paths.onnx, target_precision(target),
-                        opt_shapes=self.backend.opt_shapes(paths.folder))
+                        opt_shapes=self.backend.opt_shapes(paths.folder)))
             finally:
                 engine.close()
             self.metrics.verification_error.labels(name).set(verification.max_abs_error)
@@ -398,7 +423,8 @@ class EngineBuilder:
                 target_fingerprint=target.fingerprint, target=target.to_json(),
                 built_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
                 build_seconds=round(total_s, 3), verification=verification.to_json(),
-                trtexec_command=str(extra.get("trtexec_command", "")))
+                trtexec_command=str(extra.get("trtexec_command", "")),
+                serving_graph=serving.to_json() if serving is not None else {})
             os.replace(tmp, cached)
             fsync_dir(cached.parent)
             write_record(cached_rec_path, rec)
@@ -406,3 +432,4 @@ class EngineBuilder:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            self.serving.remove(graph)

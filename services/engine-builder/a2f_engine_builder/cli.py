@@ -20,12 +20,15 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry
 
+from a2f_engine.blas import configure_blas_threads
 from a2f_engine.targets import choose_backend
 from a2f_engine_builder.backends import make_backend
 from a2f_engine_builder.builder import EngineBuilder
 from a2f_engine_builder.config import ENV, BuilderConfig
 from a2f_engine_builder.metrics import BuilderMetrics
+from a2f_engine_builder.serving import ServingComposer
 from a2f_engine_builder.watcher import BuildDaemon
+from a2f_volume.errors import A2FError
 from a2f_volume.hashing import HashCache
 from a2f_volume.layout import hash_cache_path, list_model_dirs
 
@@ -117,6 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=cfg.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        configure_blas_threads()  # A2F_BLAS_THREADS (default 1): verification products
+    except A2FError as err:
+        print(f"a2f-engine-builder: {err}", file=sys.stderr)
+        return 2
     t0 = time.monotonic()
     try:
         backend_name, why = choose_backend(cfg.backend)
@@ -136,7 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     server.server_address[1])
     cache = HashCache(hash_cache_path(cfg.models_root))
     builder = EngineBuilder(cfg.models_root, backend, cache, metrics,
-                            engine_cache_keep=cfg.engine_cache_keep)
+                            engine_cache_keep=cfg.engine_cache_keep,
+                            serving=ServingComposer(cfg.diffusion_noise,
+                                                    cfg.diffusion_noise_seed))
 
     if cfg.once:
         rc = run_once(builder, cfg.skip_build, cfg.force_rebuild)

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from a2f_config import EnvLoader
+from a2f_engine.noise import parse_noise_policies
 from a2f_engine.targets import PRECISIONS
+from a2f_volume.errors import InvalidArgumentError
 
 ENV_PREFIX = "A2F_ENGINE_BUILDER_"
 Backend = Literal["auto", "tensorrt", "onnxruntime"]
@@ -58,6 +60,10 @@ class BuilderConfig:
     metrics_host: bind address for metrics. Default ``0.0.0.0``.
     ort_threads: ONNX Runtime intra-op threads for build and verification (0 = all cores).
     log_level: ``INFO`` by default.
+    diffusion_noise: noise policy composed into diffusion serving graphs: a default, then
+        ``model=policy`` overrides (``constant`` or ``fresh``; docs/serving-graph.md).
+        Default ``constant``.
+    diffusion_noise_seed: seed of the noise used to verify serving graphs. Default 0.
     """
 
     models_root: Path = Path("/data/models")
@@ -77,6 +83,8 @@ class BuilderConfig:
     log_level: str = "INFO"
     engine_cache_keep: int = 1
     sweep_interval_s: float = 600.0
+    diffusion_noise: str = "constant"
+    diffusion_noise_seed: int = 0
 
     def __post_init__(self) -> None:
         self.models_root = Path(self.models_root)
@@ -99,6 +107,13 @@ class BuilderConfig:
             raise ValueError(f"engine_cache_keep must be >= 0, got {self.engine_cache_keep}")
         if self.ort_threads < 0:
             raise ValueError(f"ort_threads must be >= 0, got {self.ort_threads}")
+        try:
+            parse_noise_policies(self.diffusion_noise)
+        except InvalidArgumentError as err:  # names the bad item and the allowed policies
+            raise ValueError(f"diffusion_noise: {err}") from err
+        if self.diffusion_noise_seed < 0:
+            raise ValueError(f"diffusion_noise_seed must be >= 0, got "
+                             f"{self.diffusion_noise_seed}")
 
     @classmethod
     def env_name(cls, field_name: str) -> str:

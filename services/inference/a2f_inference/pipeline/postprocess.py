@@ -30,8 +30,7 @@ affine map commutes with the filter, which makes the projected path exact.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,31 +47,33 @@ from a2f_volume.model_folder import (
 from .blas import limit_blas_threads
 from .params import OUTPUT_BLENDSHAPE_NAMES, BlendshapeParamsNim, FaceParams
 from .pose import eye_rotations, face_mask, jaw_transforms, rigid_fit, saccade_index
+from .projection import (
+    PROJECTION_CACHE_SIZE,
+    SkinProjection,
+    TongueProjection,
+    projection_cache,
+    skin_projection,
+    source_rows,
+    tongue_projection,
+)
 from .row_layout import RowLayout
 from .smoothing import SecondOrderSmoother, smooth_streams, smoothing_alpha
-from .solve import (
-    BlendshapeSolver,
-    ObjectKeyedLRU,
-    SolveProblem,
-    problem_for,
-    solve_joint_padded,
-)
+from .solve import BlendshapeSolver, problem_for, solve_joint_padded
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "NUM_OUTPUT_WEIGHTS", "FramePostprocessor", "PoseFrames", "RowLayout", "SecondOrderSmoother",
-    "SkinProjection", "TongueProjection", "eye_rotations", "face_mask", "jaw_transforms",
-    "limit_blas_threads", "process_streams", "rigid_fit", "saccade_index", "skin_projection",
+    "NUM_OUTPUT_WEIGHTS", "PROJECTION_CACHE_SIZE", "FramePostprocessor", "PoseFrames",
+    "RowLayout", "SecondOrderSmoother", "SkinProjection", "TongueProjection", "eye_rotations",
+    "face_mask", "jaw_transforms", "limit_blas_threads", "process_streams",
+    "process_streams_projected", "rigid_fit", "saccade_index", "skin_projection",
     "smoothing_alpha", "tongue_projection",
 ]  # fmt: skip
 
 #: Weights per output frame: 52 skin then 16 tongue (NIM order).
 NUM_OUTPUT_WEIGHTS = len(OUTPUT_BLENDSHAPE_NAMES)
-#: Projection cache entries (diffusion entries are ~2 * P * 72006 float32 each).
-PROJECTION_CACHE_SIZE = 8
-#: Projection entries below this fraction of the largest one are dropped (see _no_subnormals).
-_NEGLIGIBLE = 1e-10
+#: The projection cache (:mod:`.projection`), under its former name.
+_projections = projection_cache
 
 
 # --------------------------------------------------------------------------------------
@@ -82,147 +83,6 @@ _NEGLIGIBLE = 1e-10
 def _output_index(bs: BlendshapeSet, names: tuple[str, ...], base: int) -> np.ndarray:
     """Output column (0..67) of each pose of ``bs`` (npz order)."""
     return np.array([base + names.index(p) for p in bs.pose_names], dtype=np.int64)
-
-
-# --------------------------------------------------------------------------------------
-# projections (cached)
-
-
-@dataclass(frozen=True)
-class SkinProjection:
-    """Skin rows -> ``Aᵀd`` pieces for one identity and face mask (level, softness).
-
-    ``kt`` is ``[Ku; Kl]ᵀ`` (``[D, 2 Pa]`` float32, contiguous); ``eye_*``/``lip_*`` are
-    ``Aᵀ`` of the masked eye-close/lip-open deltas; ``base`` is ``Aᵀ(neutral_skin - bs_neutral)``.
-    """
-
-    kt: np.ndarray
-    cols: np.ndarray | None  # source columns ``kt`` rows refer to (None: all)
-    eye_upper: np.ndarray
-    eye_lower: np.ndarray
-    lip_upper: np.ndarray
-    lip_lower: np.ndarray
-    base: np.ndarray
-
-
-@dataclass(frozen=True)
-class TongueProjection:
-    """Tongue rows -> ``Aᵀd`` pieces: ``kt`` [D, Pa], offsets' and neutral's projections."""
-
-    kt: np.ndarray
-    cols: np.ndarray | None
-    height: np.ndarray
-    depth: np.ndarray
-    base: np.ndarray
-
-
-_projections: ObjectKeyedLRU[SkinProjection | TongueProjection] = ObjectKeyedLRU(
-    PROJECTION_CACHE_SIZE
-)
-
-
-def _weighted_at(prob: SolveProblem, weights: np.ndarray, size: int) -> np.ndarray:
-    """``Aᵀ diag(weights)`` scattered to full width ``[Pa, size]`` (float32)."""
-    w = np.zeros((prob.num_active, size), dtype=np.float32)
-    w[:, prob.rows] = _no_subnormals(prob.a.astype(np.float64) * weights[:, None]).T
-    return w
-
-
-def _no_subnormals(x: np.ndarray) -> np.ndarray:
-    """``x`` as float32 with negligible values (below ``1e-10`` of the largest magnitude, or
-    below float32's normal range) set to 0. The face mask's sigmoid tails and the pose
-    deltas' far fields hold values like 1e-35: multiplied by a network output they give
-    subnormal products, which make the per-frame matrix product ~100x slower."""
-    out = np.asarray(x, dtype=np.float32)
-    peak = float(np.abs(out).max()) if out.size else 0.0
-    floor = max(float(np.finfo(np.float32).tiny), peak * _NEGLIGIBLE)
-    out[np.abs(out) < floor] = 0.0
-    return out
-
-
-def _project_basis(w: np.ndarray, basis: np.ndarray | None, chunk: int = 16384) -> np.ndarray:
-    """``W Bᵀ`` accumulated in float64 over column chunks (``basis=None``: ``W`` itself)."""
-    if basis is None:
-        return w
-    out = np.zeros((w.shape[0], basis.shape[0]))
-    for c in range(0, w.shape[1], chunk):
-        out += (w[:, c : c + chunk] @ basis[:, c : c + chunk].T).astype(np.float64)
-    return _no_subnormals(out)
-
-
-def _support(k: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """``kt`` (transposed, contiguous) restricted to the source columns it uses: values
-    outside the frontal mask or untouched by every pose need not be multiplied."""
-    kt = _no_subnormals(k).T
-    used = np.flatnonzero(np.any(kt != 0.0, axis=1))
-    if used.size > 0.9 * kt.shape[0]:
-        return np.ascontiguousarray(kt), None
-    return np.ascontiguousarray(kt[used]), used
-
-
-def _source(rows: np.ndarray, part: slice, cols: np.ndarray | None) -> np.ndarray:
-    src = rows[:, part]
-    return np.ascontiguousarray(src if cols is None else src[:, cols], dtype=np.float32)
-
-
-def skin_projection(identity: Identity, level: float, softness: float) -> SkinProjection:
-    """The cached :class:`SkinProjection` for ``identity`` and the face mask parameters."""
-
-    def build() -> SkinProjection:
-        t0 = time.perf_counter()
-        prob = problem_for(identity.skin)
-        size = identity.skin_neutral.size
-        m3 = np.repeat(face_mask(identity.skin_neutral, level, softness), 3)[prob.rows]
-        a64 = prob.a.astype(np.float64)
-        wu = _weighted_at(prob, 1.0 - m3, size)
-        wl = _weighted_at(prob, m3, size)
-        k = np.concatenate(
-            [_project_basis(wu, identity.skin_pca), _project_basis(wl, identity.skin_pca)]
-        )
-        eye = identity.eye_close_delta[prob.rows].astype(np.float64)
-        lip = identity.lip_open_delta[prob.rows].astype(np.float64)
-        kt, cols = _support(k)
-        neutral_gap = identity.skin_neutral[prob.rows].astype(np.float64) - prob.neutral
-        proj = SkinProjection(
-            kt=kt, cols=cols,
-            eye_upper=a64.T @ ((1.0 - m3) * eye), eye_lower=a64.T @ (m3 * eye),
-            lip_upper=a64.T @ ((1.0 - m3) * lip), lip_lower=a64.T @ (m3 * lip),
-            base=a64.T @ neutral_gap,
-        )  # fmt: skip
-        logger.info(
-            "built skin projection for identity %s (mask level %g, softness %g): %d poses x 2 "
-            "halves over %d of %d source values in %.2f s",
-            identity.name, level, softness, prob.num_active, kt.shape[0], k.shape[1],
-            time.perf_counter() - t0,
-        )  # fmt: skip
-        return proj
-
-    result = _projections.get(identity, ("skin", float(level), float(softness)), build)
-    assert isinstance(result, SkinProjection)
-    return result
-
-
-def tongue_projection(identity: Identity) -> TongueProjection:
-    """The cached :class:`TongueProjection` for ``identity``."""
-
-    def build() -> TongueProjection:
-        prob = problem_for(identity.tongue)
-        size = identity.tongue_neutral.size
-        w = _weighted_at(prob, np.ones(prob.rows.size), size)
-        kt, cols = _support(_project_basis(w, identity.tongue_pca))
-        a64 = prob.a.astype(np.float64)
-        axis = prob.rows % 3
-        return TongueProjection(
-            kt=kt,
-            cols=cols,
-            height=a64.T @ (axis == 1).astype(np.float64),
-            depth=a64.T @ (axis == 2).astype(np.float64),
-            base=a64.T @ (identity.tongue_neutral[prob.rows].astype(np.float64) - prob.neutral),
-        )
-
-    result = _projections.get(identity, ("tongue",), build)
-    assert isinstance(result, TongueProjection)
-    return result
 
 
 # --------------------------------------------------------------------------------------
@@ -333,7 +193,7 @@ class FramePostprocessor:
         r = self._rows(rows)
         pa = self._skin_prob.num_active
         sp = self._skin_proj
-        y = _source(r, self.layout.skin, sp.cols) @ sp.kt
+        y = source_rows(r, self.layout.skin, sp.cols) @ sp.kt
         y = y.astype(np.float64)
         f = self.face
         up = self._upper(y[:, :pa])
@@ -346,7 +206,7 @@ class FramePostprocessor:
         """``[F, Pa_tongue]`` tongue ``Aᵀd`` for the frames."""
         r = self._rows(rows)
         tp = self._tongue_proj
-        y = _source(r, self.layout.tongue, tp.cols) @ tp.kt
+        y = source_rows(r, self.layout.tongue, tp.cols) @ tp.kt
         return self._tongue_const + self.face.tongue_strength * y.astype(np.float64)
 
     def _output(self, skin_w: np.ndarray, tongue_w: np.ndarray) -> np.ndarray:
@@ -446,17 +306,47 @@ def process_streams(pps: Sequence[FramePostprocessor], rows: Sequence[np.ndarray
     of the per-stream and per-frame Python cost when a batch holds many streams; each
     stream's result is the same as from its own call.
     """
+    checked = [pp._rows(r) for pp, r in zip(pps, rows, strict=True)]
+    return _by_group(pps, [r.shape[0] for r in checked], lambda members: _process_group(
+        [pps[i] for i in members], [checked[i] for i in members]))
+
+
+def process_streams_projected(pps: Sequence[FramePostprocessor], skin: Sequence[np.ndarray],
+                              tongue: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """:func:`process_streams` from the projections a serving graph outputs (see
+    ``a2f_engine.serving_graph``) instead of the network rows: ``skin[i]`` ``[F, 2 Pa]``
+    (upper then lower half onto stream ``i``'s ``Pa`` active skin poses), ``tongue[i]``
+    ``[F, Pt]``. Smoothers, strengths, offsets and the solve are the host path's."""
+    for pp, s, t in zip(pps, skin, tongue, strict=True):
+        pa, pt = pp._skin_prob.num_active, pp._tongue_prob.num_active
+        if s.ndim != 2 or s.shape[1] != 2 * pa or t.shape != (s.shape[0], pt):
+            raise InvalidArgumentError(f"projections of shape {list(s.shape)} / "
+                                       f"{list(t.shape)}; expected [F, {2 * pa}] / [F, {pt}]")
+
+    def group(members: list[int]) -> list[np.ndarray]:
+        counts = [skin[i].shape[0] for i in members]
+        sy = np.zeros((len(members), max(counts), skin[members[0]].shape[1]))
+        ty = np.zeros((len(members), max(counts), tongue[members[0]].shape[1]))
+        for j, (i, c) in enumerate(zip(members, counts, strict=True)):
+            sy[j, :c], ty[j, :c] = skin[i], tongue[i]
+        return _solve_group([pps[i] for i in members], sy, ty, counts)
+
+    return _by_group(pps, [s.shape[0] for s in skin], group)
+
+
+def _by_group(pps: Sequence[FramePostprocessor], counts: list[int],
+              run: Callable[[list[int]], list[np.ndarray]]) -> list[np.ndarray]:
+    """Weights of every stream: ``run(members)`` per group of streams with frames that
+    share projections and filter rates; streams without frames get none."""
     if len({id(pp) for pp in pps}) != len(pps):
         raise ValueError("process_streams: a post-processor appears twice")
-    checked = [pp._rows(r) for pp, r in zip(pps, rows, strict=True)]
     out = [np.zeros((0, NUM_OUTPUT_WEIGHTS), dtype=np.float32)] * len(pps)
     groups: dict[tuple[object, ...], list[int]] = {}
-    for i, (pp, r) in enumerate(zip(pps, checked, strict=True)):
-        if r.shape[0] > 0:
+    for i, (pp, c) in enumerate(zip(pps, counts, strict=True)):
+        if c > 0:
             groups.setdefault(pp._group_key, []).append(i)
     for members in groups.values():
-        weights = _process_group([pps[i] for i in members], [checked[i] for i in members])
-        for i, w in zip(members, weights, strict=True):
+        for i, w in zip(members, run(members), strict=True):
             out[i] = w
     return out
 
@@ -465,7 +355,6 @@ def _process_group(pps: list[FramePostprocessor], rows: list[np.ndarray]) -> lis
     """:func:`process_streams` for streams sharing projections and filter rates."""
     p0 = pps[0]
     sp, tp, lay = p0._skin_proj, p0._tongue_proj, p0.layout
-    pa = p0._skin_prob.num_active
     counts = [r.shape[0] for r in rows]
     k, fmax = len(rows), max(counts)
     # rows -> projections, padded to [K, Fmax, .]; one product per stream, as a product
@@ -473,8 +362,18 @@ def _process_group(pps: list[FramePostprocessor], rows: list[np.ndarray]) -> lis
     skin_y = np.zeros((k, fmax, sp.kt.shape[1]))
     tongue_y = np.zeros((k, fmax, tp.kt.shape[1]))
     for j, (r, c) in enumerate(zip(rows, counts, strict=True)):
-        skin_y[j, :c] = _source(r, lay.skin, sp.cols) @ sp.kt
-        tongue_y[j, :c] = _source(r, lay.tongue, tp.cols) @ tp.kt
+        skin_y[j, :c] = source_rows(r, lay.skin, sp.cols) @ sp.kt
+        tongue_y[j, :c] = source_rows(r, lay.tongue, tp.cols) @ tp.kt
+    return _solve_group(pps, skin_y, tongue_y, counts)
+
+
+def _solve_group(pps: list[FramePostprocessor], skin_y: np.ndarray, tongue_y: np.ndarray,
+                 counts: list[int]) -> list[np.ndarray]:
+    """Projections ``[K, Fmax, 2 Pa]`` / ``[K, Fmax, Pt]`` of streams sharing projections and
+    filter rates -> their weights (smoothers, constants, strengths, solve, output maps)."""
+    p0 = pps[0]
+    pa = p0._skin_prob.num_active
+    k, fmax = skin_y.shape[0], skin_y.shape[1]
     up = smooth_streams([pp._upper for pp in pps], skin_y[:, :, :pa], counts)
     low = smooth_streams([pp._lower for pp in pps], skin_y[:, :, pa:], counts)
     # Aᵀd of skin and tongue side by side, per-stream constants and strengths

@@ -1,4 +1,5 @@
-"""Where skin, tongue, jaw and eyes sit in one network output row.
+"""Where skin, tongue, jaw and eyes sit in one network output row, and the shapes of the
+diffusion network's per-stream state and noise inputs.
 
 * regression ``result`` rows: ``[skin PCA coefficients, tongue PCA coefficients, jaw, eyes]``;
 * diffusion ``prediction`` rows: ``[skin deltas, tongue deltas, jaw, eyes]``.
@@ -38,3 +39,12 @@ class RowLayout:
         starts = [0, *ends[:-1]]
         s = [slice(a, b) for a, b in zip(starts, ends, strict=True)]
         return cls(s[0], s[1], s[2], s[3], int(ends[-1]))
+
+
+def diffusion_shapes(folder: ModelFolder) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(latent shape, noise shape)`` of one diffusion stream (empty for regression)."""
+    d = folder.diffusion
+    if folder.kind != "diffusion" or d is None:
+        return (), ()
+    return ((d.num_diffusion_steps, d.num_gru_layers, 1, d.gru_latent_dim),
+            (1, d.num_diffusion_steps + 1, d.num_frames, d.frame_size))

@@ -11,9 +11,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from a2f_engine.base import Engine, TensorSpec
+from a2f_engine.serving_graph import ServingGraphInfo
 from a2f_inference.pipeline.params import OUTPUT_BLENDSHAPE_NAMES
 from a2f_inference.pipeline.postprocess import FramePostprocessor
-from a2f_inference.pipeline.session import ReadyCallback, StreamSession, diffusion_shapes
+from a2f_inference.pipeline.row_layout import diffusion_shapes
+from a2f_inference.pipeline.serving import ServingGraph
+from a2f_inference.pipeline.session import ReadyCallback, StreamSession
 from a2f_inference.pipeline.stream_params import MAX_FPS, MIN_FPS, NETWORK_RATE_HZ, StreamParams
 from a2f_volume.errors import InvalidArgumentError, ModelFolderError
 from a2f_volume.model_folder import ModelFolder, load_model_folder
@@ -55,10 +58,15 @@ class ModelRuntime:
     by the engine's own limit. A :class:`~a2f_inference.pipeline.scheduler.BatchScheduler`
     attaches itself (:meth:`attach`) and serves every stream opened on it; the runtime is
     the sessions' :class:`~a2f_inference.pipeline.session.StreamOwner`.
+
+    ``serving``: the engine runs this composed serving graph instead of the network
+    (:mod:`~a2f_inference.pipeline.serving`); its resident inputs are set here, once, from
+    ``noise_seed``. None: the engine runs ``network.onnx`` as it is.
     """
 
     def __init__(self, folder: ModelFolder | str | os.PathLike[str], engine: Engine, *,
-                 max_batch: int | None = None) -> None:
+                 max_batch: int | None = None, serving: ServingGraphInfo | None = None,
+                 noise_seed: int = 0) -> None:
         if not isinstance(folder, ModelFolder):
             folder = load_model_folder(folder)
         if folder.audio.samplerate != NETWORK_RATE_HZ:
@@ -74,7 +82,11 @@ class ModelRuntime:
         if limit < 1:
             raise InvalidArgumentError(f"max_batch {limit} must be >= 1")
         self.max_batch = max(1, min(limit, int(getattr(engine, "max_batch", limit) or limit)))
-        self.input_specs: dict[str, TensorSpec] = {s.name: s for s in engine.inputs}
+        self.serving = (ServingGraph(folder, engine, serving, noise_seed)
+                        if serving is not None else None)
+        resident = self.serving.resident if self.serving is not None else frozenset()
+        self.input_specs: dict[str, TensorSpec] = {s.name: s for s in engine.inputs
+                                                   if s.name not in resident}
         self.output_specs: dict[str, TensorSpec] = {s.name: s for s in engine.outputs}
         shapes: tuple[tuple[int, ...], tuple[int, ...]] = diffusion_shapes(folder)
         self.latent_shape, self.noise_shape = shapes
@@ -138,7 +150,7 @@ class ModelRuntime:
         session = StreamSession(self, self.folder, identity_index=index, params=sp, face=face,
                                 postprocessor=pp, input_rate=int(input_rate),
                                 output_fps=float(output_fps), constant_noise=constant_noise,
-                                seed=seed, on_ready=on_ready)
+                                seed=seed, on_ready=on_ready, serving=self.serving)
         with self._lock:
             self._sessions.add(session)
         logger.debug("stream opened on %s (identity %s, %d Hz, %.4g fps)", self.name,

@@ -13,14 +13,11 @@ through its own ``on_ready`` callback (given at ``open_stream``) whenever frames
 or the stream failed.
 
 Windowing (sizes always from the model folder's ``audio_params``):
-
-* regression: one frame per inference at the output rate; frame k at sample
-  t_k = k * 16000 / fps reads [t_k - buffer_ofs, t_k - buffer_ofs + buffer_len), zero-padded
-  outside the received audio. While streaming, frame k is made once t_k + (buffer_len -
-  buffer_ofs) samples have arrived; after ``end_of_audio`` every frame with t_k < N is made.
-* diffusion: see :class:`~a2f_inference.pipeline.frames.DiffusionClock`; the native 60 fps
-  frames are post-processed at 60 fps (the filters and the temporal solve run at the model's
-  rate), then brought to the output rate (:mod:`~a2f_inference.pipeline.output`).
+:class:`~a2f_inference.pipeline.frames.RegressionClock` (one frame per inference at the
+output rate) and :class:`~a2f_inference.pipeline.frames.DiffusionClock` (native 60 fps frames,
+post-processed at 60 fps, then brought to the output rate by :mod:`~.output`). A serving-graph
+engine (:mod:`~a2f_inference.pipeline.serving`) changes only the per-window feeds and what
+post-processing receives.
 """
 
 from __future__ import annotations
@@ -40,7 +37,9 @@ from a2f_inference.pipeline.output import FrameAssembler
 from a2f_inference.pipeline.params import OUTPUT_BLENDSHAPE_NAMES, FaceParams
 from a2f_inference.pipeline.postprocess import FramePostprocessor
 from a2f_inference.pipeline.resample import StreamingResampler
+from a2f_inference.pipeline.row_layout import diffusion_shapes
 from a2f_inference.pipeline.samples import SampleBuffer
+from a2f_inference.pipeline.serving import Projected, ServingGraph
 from a2f_inference.pipeline.stream_params import NETWORK_RATE_HZ, StreamParams
 from a2f_volume.errors import A2FError, InvalidArgumentError
 from a2f_volume.model_folder import ModelFolder
@@ -75,15 +74,6 @@ class StreamError(A2FError):
     status = "INTERNAL"
 
 
-def diffusion_shapes(folder: ModelFolder) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """``(latent shape, noise shape)`` of one diffusion stream (empty for regression)."""
-    d = folder.diffusion
-    if folder.kind != "diffusion" or d is None:
-        return (), ()
-    return ((d.num_diffusion_steps, d.num_gru_layers, 1, d.gru_latent_dim),
-            (1, d.num_diffusion_steps + 1, d.num_frames, d.frame_size))
-
-
 @dataclass
 class WorkItem:
     """Ready windows of one stream for one batch: inputs with a batch axis of ``count``."""
@@ -102,8 +92,10 @@ class StreamSession:
     def __init__(self, owner: StreamOwner, folder: ModelFolder, *, identity_index: int,
                  params: StreamParams, face: FaceParams, postprocessor: FramePostprocessor,
                  input_rate: int, output_fps: float, constant_noise: bool, seed: int | None,
-                 on_ready: ReadyCallback | None = None) -> None:
+                 on_ready: ReadyCallback | None = None,
+                 serving: ServingGraph | None = None) -> None:
         self.owner = owner
+        self._serving = serving  # the engine runs the serving graph (None: the network)
         self.on_ready = on_ready
         self.params = params
         self.face = face
@@ -341,7 +333,7 @@ class StreamSession:
 
     # -- post-processing side (pipeline.completion) ----------------------------------------
     def prepare_post(self, item: WorkItem, outputs: Mapping[str, np.ndarray]
-                     ) -> tuple[FramePostprocessor, np.ndarray] | None:
+                     ) -> tuple[FramePostprocessor, np.ndarray | Projected] | None:
         """This item's network rows for post-processing: ``(post-processor, rows)``,
         or None when there is nothing to post-process (stream closed, or diffusion frames
         that are all warm-up or past the end)."""
@@ -349,11 +341,13 @@ class StreamSession:
         if pp is None:  # closed meanwhile
             return None
         if self.regression_clock is not None:
+            if self._serving is not None:
+                return pp, self._serving.projections(outputs, self._identity_index, 0,
+                                                     item.count)
             rows = np.asarray(outputs["result"], dtype=np.float32).reshape(item.count, -1)
             return pp, rows
         d = self.diffusion_clock
         assert d is not None
-        pred = np.asarray(outputs["prediction"])[0, d.left : d.left + d.center]
         g0 = d.first_native(item.first_unit)
         with self._lock:
             total = d.total_native(self._signal.total) if self._ended else None
@@ -361,6 +355,9 @@ class StreamSession:
         hi = d.center if total is None else max(lo, min(d.center, total - g0))  # past the end
         if hi <= lo:
             return None
+        if self._serving is not None:  # the graph kept frames left .. left + center
+            return pp, self._serving.projections(outputs, self._identity_index, lo, hi)
+        pred = np.asarray(outputs["prediction"])[0, d.left : d.left + d.center]
         return pp, np.ascontiguousarray(pred[lo:hi], dtype=np.float32)
 
     def finish_post(self, item: WorkItem, weights: np.ndarray | None) -> None:
@@ -380,7 +377,8 @@ class StreamSession:
         """Post-processing thread: draw the noise of a later inference now, off the
         inference thread (a full-size draw is 16M values)."""
         with self._lock:
-            if (self.constant_noise or self._closed or self._noise_next is not None
+            if (self.constant_noise or self._serving is not None or self._closed
+                    or self._noise_next is not None
                     or (self._ended and self._next_unit >= self._units_available())):
                 return
         noise = self._rng.standard_normal(self._noise_shape, dtype=np.float32)
@@ -440,7 +438,10 @@ class StreamSession:
         self._in_flight += n
         self._signal.discard_before(c.window_start(self._next_unit))
         self._ready_since = None if self._units_available() <= self._next_unit else ready_at
-        return WorkItem(self, n, {"input": window, "emotion": emotion}, k0, ready_at)
+        feeds = {"input": window, "emotion": emotion}
+        if self._serving is not None:
+            feeds.update(self._serving.window_feeds(self.face, None, n, out))
+        return WorkItem(self, n, feeds, k0, ready_at)
 
     def _take_diffusion(self) -> WorkItem | None:
         d = self.diffusion_clock
@@ -458,22 +459,27 @@ class StreamSession:
         # one emotion vector per kept frame (warm-up frames get the value at t = 0)
         g = np.arange(d.first_native(k), d.first_native(k) + d.center, dtype=np.float64)
         emotion = self._emotions.at(np.maximum(g, 0.0) / float(d.native_fps))[None]
-        if self.constant_noise:
-            if self._noise is None:
-                self._noise = self._rng.standard_normal(self._noise_shape,
-                                                        dtype=np.float32)
-            noise = self._noise
-        elif self._noise_next is not None:  # drawn ahead while the engine was busy
-            noise, self._noise_next = self._noise_next, None
+        feeds = {"window": window, "identity": self._onehot, "emotion": emotion,
+                 "input_latents": self._latents}
+        if self._serving is not None:  # the engine makes the noise (no host draw)
+            feeds.update(self._serving.window_feeds(self.face, self._rng, 1))
         else:
-            noise = self._rng.standard_normal(self._noise_shape, dtype=np.float32)
+            feeds["noise"] = self._host_noise()
         self._next_unit = k + 1
         self._in_flight = 1
         self._signal.discard_before(d.window_start(k + 1))
         self._ready_since = None
-        feeds = {"window": window, "identity": self._onehot, "emotion": emotion,
-                 "input_latents": self._latents, "noise": noise}
         return WorkItem(self, 1, feeds, k, ready_at)
+
+    def _host_noise(self) -> np.ndarray:
+        """The next window's noise when the engine runs the network itself."""
+        if self.constant_noise:
+            if self._noise is None:
+                self._noise = self._rng.standard_normal(self._noise_shape, dtype=np.float32)
+            return self._noise
+        noise, self._noise_next = self._noise_next, None  # drawn ahead while the engine ran
+        return noise if noise is not None else self._rng.standard_normal(
+            self._noise_shape, dtype=np.float32)
 
     # -- output frames (under the lock) ----------------------------------------------------
     def _network_samples(self) -> int | None:

@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from a2f_engine.blas import configure_blas_threads
 from a2f_inference.server.app import serve
 from a2f_inference.server.config import ServerConfig
 from a2f_volume.errors import A2FError
@@ -34,6 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        configure_blas_threads()  # A2F_BLAS_THREADS, default 1: see docs/pipeline-numerics.md
+    except A2FError as err:
+        print(f"a2f-inference: {err}", file=sys.stderr)
+        return 2
     log.info("a2f-inference starting: models root %s, default model %s, port %d",
              config.models_root, config.default_model, config.port)
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from a2f_config import EnvLoader
+from a2f_engine.noise import NoisePolicy, parse_noise_policies, policy_for
 from a2f_inference.server.limits import check_limits
 from a2f_inference.server.modes import EnginePolicy, PostprocessMode
 from a2f_inference.server.tls import TlsFiles
@@ -110,6 +111,12 @@ class ServerConfig:
             ``ModelAdmin``, ``GetConfigs`` and reflection (plus health, for probes when the
             gRPC port is TLS); empty keeps them on the gRPC port, as before (default empty;
             ``127.0.0.1:50052`` keeps them inside the pod).
+        diffusion_noise: diffusion noise policy per model: a default, then
+            ``model=policy`` overrides, e.g. ``fresh,mark-v3=constant``; policies
+            ``constant`` (one tensor per model version, NIM 2.0's ``constant_noise``) and
+            ``fresh`` (new noise every window); see docs/serving-graph.md (default constant).
+        diffusion_noise_seed: seed of the constant noise tensor and of the fresh policy's
+            noise pool, drawn once per model version (default 0).
     """
 
     models_root: Path = Path("/data/models")
@@ -149,6 +156,8 @@ class ServerConfig:
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
     admin_address: str = ""
+    diffusion_noise: str = "constant"
+    diffusion_noise_seed: int = 0
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -184,6 +193,14 @@ class ServerConfig:
         need(self.admin_address == "" or admin_port(self.admin_address) is not None,
              f"admin_address {self.admin_address!r}, expected HOST:PORT (port 0..65535) or "
              "empty (admin services on the gRPC port)")
+        parse_noise_policies(self.diffusion_noise)  # raises naming the bad item
+        need(0 <= self.diffusion_noise_seed < 2**63,
+             f"diffusion_noise_seed {self.diffusion_noise_seed}, expected 0..2^63-1")
+
+    def noise_policy(self, model: str) -> NoisePolicy:
+        """The diffusion noise policy of ``model`` (``diffusion_noise``)."""
+        default, overrides = parse_noise_policies(self.diffusion_noise)
+        return policy_for(model, default, overrides)
 
     @property
     def default_model(self) -> str:

@@ -19,6 +19,8 @@ from pathlib import Path
 from a2f_engine.base import Engine
 from a2f_engine.loader import load_engine
 from a2f_engine.onnxruntime_engine import OnnxRuntimeEngine, cpu_plan
+from a2f_engine.serving_graph import ServingGraphInfo
+from a2f_engine.serving_plan import composed_onnxruntime, info_from_record, uses_serving_graph
 from a2f_engine.targets import choose_backend, current_target
 from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.modes import EnginePolicy, as_engine_policy, needs_built_engine
@@ -26,6 +28,7 @@ from a2f_volume import layout
 from a2f_volume.engine_record import EngineCheck, check_engine
 from a2f_volume.errors import A2FError, UnavailableError
 from a2f_volume.hashing import HashCache
+from a2f_volume.model_folder import ModelFolder
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ class EngineChoice:
     fingerprint: str
     source: str
     workers: int = 1  # batches run side by side
+    serving: ServingGraphInfo | None = None  # the engine runs this serving graph
 
 
 class EngineChecker:
@@ -140,11 +144,17 @@ class EngineChecker:
             reasons.insert(0, self._why)
         return EngineStatus(None, "", "; ".join(reasons) or "no backend")
 
-    def load(self, folder: Path, config: ServerConfig, max_batch: int) -> EngineChoice:
+    def load(self, folder: Path, config: ServerConfig, max_batch: int,
+             model: ModelFolder | None = None, name: str | None = None) -> EngineChoice:
         """A valid built engine when there is one (in :meth:`backends` order);
-        ``network.onnx`` under the ``onnx-fallback`` policy, else :class:`UnavailableError`."""
+        ``network.onnx`` under the ``onnx-fallback`` policy, else :class:`UnavailableError`.
+
+        ``model`` (the loaded face model folder) enables the serving graph under
+        ``onnx-fallback``: a model whose kind is served through its serving graph on ONNX
+        Runtime (:func:`~a2f_engine.serving_plan.uses_serving_graph`) gets it composed here,
+        with the noise policy ``config.diffusion_noise`` names for ``name``."""
         reasons: list[str] = []
-        choice = self._built(folder, config, max_batch, reasons)
+        choice = self._built(folder, config, max_batch, reasons, name or folder.name)
         if choice is not None:
             return choice
         policy = as_engine_policy(config.engine_policy)
@@ -163,12 +173,19 @@ class EngineChecker:
                  folder.name, "; ".join(reasons) or "none", layout.ONNX_NAME)
         onnx = folder / layout.ONNX_NAME
         workers, threads = worker_plan(layout.BACKEND_ONNXRUNTIME, config)
+        fingerprint = "sha256:" + self.hash_cache.sha256(onnx)
+        if model is not None and uses_serving_graph(model.kind, layout.BACKEND_ONNXRUNTIME):
+            noise = config.noise_policy(name or folder.name)
+            engine, info = composed_onnxruntime(model, noise, max_batch=max_batch,
+                                                intra_op_threads=threads,
+                                                seed=config.diffusion_noise_seed)
+            return EngineChoice(engine, engine.backend, fingerprint, f"{onnx} (serving graph, "
+                                f"noise {info.noise or '-'})", workers, info)
         engine = OnnxRuntimeEngine(onnx, max_batch=max_batch, intra_op_threads=threads)
-        return EngineChoice(engine, engine.backend, "sha256:" + self.hash_cache.sha256(onnx),
-                            str(onnx), workers)
+        return EngineChoice(engine, engine.backend, fingerprint, str(onnx), workers)
 
     def _built(self, folder: Path, config: ServerConfig, max_batch: int,
-               reasons: list[str]) -> EngineChoice | None:
+               reasons: list[str], name: str) -> EngineChoice | None:
         paths = layout.ModelPaths(folder)
         backends = self.backends()
         if self._why:
@@ -184,11 +201,19 @@ class EngineChecker:
                 continue
             workers, threads = worker_plan(backend, config)
             try:
+                serving = info_from_record(check.record.serving_graph)
                 engine = load_engine(paths, backend, max_batch=max_batch,
                                      intra_op_threads=threads)
-            except (A2FError, OSError, RuntimeError) as err:
+            except (A2FError, OSError, RuntimeError, ValueError) as err:
                 reasons.append(f"{backend}: cannot load: {err}")
                 continue
+            if serving is not None and serving.noise is not None:
+                wanted = config.noise_policy(name)
+                if wanted != serving.noise:
+                    log.warning("model %s: the built engine's serving graph has noise policy "
+                                "%s, the setting asks for %s; the engine's policy is served "
+                                "(rebuild the engine with the builder's noise setting to "
+                                "change it)", folder.name, serving.noise, wanted)
             return EngineChoice(engine, backend, "sha256:" + check.record.engine_sha256,
-                                str(paths.engine(backend)), workers)
+                                str(paths.engine(backend)), workers, serving)
         return None

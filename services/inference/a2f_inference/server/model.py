@@ -21,6 +21,7 @@ from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.engines import EngineChecker, model_max_batch
 from a2f_inference.server.metrics import BatchMetrics, InferenceMetrics
 from a2f_inference.server.modes import as_engine_policy, as_postprocess_mode
+from a2f_volume.model_folder import load_model_folder
 from a2f_volume.versions import current_version
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,12 @@ def load_model(folder: Path, config: ServerConfig, metrics: InferenceMetrics | N
     name = name or folder.name
     version = current_version(folder)
     max_batch = model_max_batch(folder, config.max_batch)
+    model = load_model_folder(folder)
     choice = (engines or EngineChecker.for_policy(as_engine_policy(config.engine_policy))
-              ).load(folder, config, max_batch)
+              ).load(folder, config, max_batch, model=model, name=name)
     try:
-        runtime = ModelRuntime(folder, choice.engine, max_batch=max_batch)
+        runtime = ModelRuntime(model, choice.engine, max_batch=max_batch,
+                               serving=choice.serving, noise_seed=config.diffusion_noise_seed)
         scheduler = BatchScheduler(
             runtime, max_batch=runtime.max_batch, max_wait_s=config.max_wait_s,
             observer=BatchMetrics(metrics, name) if metrics is not None else None,

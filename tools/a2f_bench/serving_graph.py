@@ -1,6 +1,7 @@
-"""Per-window cost: the composed serving graph against the network + host work it replaces.
+"""``a2f-bench serving-graph``: per-window cost of the composed serving graph against the
+network + host work it replaces.
 
-    .venv/bin/python tests/serving_graph/bench_serving_graph.py --size full --batch 4
+    a2f-bench serving-graph --size full --batch 4
 
 For each noise policy, one window of ``--batch`` streams is timed ``--windows`` times:
 
@@ -19,7 +20,6 @@ thread and BLAS limited to one thread, as a server worker runs. A benchmark, not
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,10 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from standin_fixtures import cached_standin
-
+from a2f_bench.standins import standin_folder
 from a2f_engine.blas import configure_blas_threads
 from a2f_engine.noise import NoisePolicy, draw_pool_mix, parse_noise_policies
 from a2f_engine.onnxruntime_engine import OnnxRuntimeEngine
@@ -135,23 +132,26 @@ def bench_regression(folder: ModelFolder, batch: int, windows: int, tmp: Path) -
     print(f"  composed serving graph: {sw:8.1f} ms wall {sc:8.1f} ms CPU per batch")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The flags of ``a2f-bench serving-graph``."""
     ap.add_argument("--size", default="full", choices=("small", "full"))
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--windows", type=int, default=5)
-    ap.add_argument("--policies", default="constant,fresh")
+    ap.add_argument("--batch", type=int, default=4, help="windows per run (default 4)")
+    ap.add_argument("--windows", type=int, default=5, help="timed runs (default 5)")
+    ap.add_argument("--policies", default="constant,fresh",
+                    help="diffusion noise policies to time (default constant,fresh)")
     ap.add_argument("--kind", default="diffusion", choices=("diffusion", "regression"))
-    args = ap.parse_args()
+
+
+def cmd_serving_graph(args: argparse.Namespace) -> int:
     configure_blas_threads(1)
-    if args.kind == "regression":
-        bench_regression(load_model_folder(cached_standin("regression", args.size)),
-                         args.batch, args.windows, Path(tempfile.mkdtemp(prefix="serving-")))
-        return 0
-    folder = load_model_folder(cached_standin("diffusion", args.size))
-    tmp = Path(tempfile.mkdtemp(prefix="serving-bench-"))
-    for policy in args.policies.split(","):
-        bench_policy(folder, _policy(policy), args.batch, args.windows, tmp)
+    with tempfile.TemporaryDirectory(prefix="a2f-serving-bench-") as tmp:
+        if args.kind == "regression":
+            bench_regression(load_model_folder(standin_folder("regression", args.size)),
+                             args.batch, args.windows, Path(tmp))
+            return 0
+        folder = load_model_folder(standin_folder("diffusion", args.size))
+        for policy in args.policies.split(","):
+            bench_policy(folder, _policy(policy), args.batch, args.windows, Path(tmp))
     return 0
 
 
@@ -159,6 +159,3 @@ def _policy(name: str) -> NoisePolicy:
     default, _ = parse_noise_policies(name)
     return default
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
