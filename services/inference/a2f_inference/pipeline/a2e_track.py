@@ -73,6 +73,12 @@ class A2EStreamTrack:
             self._advance_locked()
 
     # -- A2E windows -------------------------------------------------------------------
+    def windows_ready(self) -> int:
+        """How many windows :meth:`take_windows` would hand out now (no limit)."""
+        with self._lock:
+            ready = self.clock.frames_ready(self._received, self._ended)
+            return len(self.clock.inference_frames(self._next_window, ready))
+
     def take_windows(self, max_count: int) -> tuple[list[int], np.ndarray]:
         """Up to ``max_count`` A2E frames whose window is complete, and their windows
         (float32 [n, T]). Each window is handed out once."""
@@ -132,6 +138,13 @@ class A2EStreamTrack:
         """Frames whose emotions are known."""
         with self._lock:
             return self._next_frame
+
+    @property
+    def finished(self) -> bool:
+        """True once the audio has ended and every frame of it has its emotions."""
+        with self._lock:
+            return (self._ended and self._next_frame
+                    >= self.clock.frames_ready(self._received, ended=True))
 
     def take_emotions(self) -> FrameEmotions:
         """Emotions of the frames completed since the last call."""

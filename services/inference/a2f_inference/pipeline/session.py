@@ -10,17 +10,8 @@ streams' windows and hands the outputs back. All public methods are thread-safe.
 The session talks to the object that opened it only through :class:`StreamOwner`
 (``notify``: it may have ready windows; ``forget``: it was closed), and wakes its caller
 through its own ``on_ready`` callback (given at ``open_stream``) whenever frames were made
-or the stream failed.
-
-Windowing (sizes always from the model folder's ``audio_params``):
-
-* regression: one frame per inference at the output rate; frame k at sample
-  t_k = k * 16000 / fps reads [t_k - buffer_ofs, t_k - buffer_ofs + buffer_len), zero-padded
-  outside the received audio. While streaming, frame k is made once t_k + (buffer_len -
-  buffer_ofs) samples have arrived; after ``end_of_audio`` every frame with t_k < N is made.
-* diffusion: see :class:`~a2f_inference.pipeline.frames.DiffusionClock`; the native 60 fps
-  frames are post-processed at 60 fps (the filters and the temporal solve run at the model's
-  rate), then brought to the output rate (:mod:`~a2f_inference.pipeline.output`).
+or the stream failed. Windowing: ``RegressionClock`` / ``DiffusionClock`` (``frames.py``);
+emotion inputs (A2E, keyframes): ``StreamEmotions`` (``stream_emotion.py``).
 """
 
 from __future__ import annotations
@@ -34,13 +25,15 @@ from typing import Protocol
 
 import numpy as np
 
-from a2f_inference.pipeline.emotion import EmotionTrack, Keyframe
+from a2f_inference.pipeline.a2e_runtime import EmotionRuntime
+from a2f_inference.pipeline.emotion import Keyframe
 from a2f_inference.pipeline.frames import DiffusionClock, Frame, RegressionClock, as_fraction
 from a2f_inference.pipeline.output import FrameAssembler
 from a2f_inference.pipeline.params import OUTPUT_BLENDSHAPE_NAMES, FaceParams
 from a2f_inference.pipeline.postprocess import FramePostprocessor
 from a2f_inference.pipeline.resample import StreamingResampler
 from a2f_inference.pipeline.samples import SampleBuffer
+from a2f_inference.pipeline.stream_emotion import StreamEmotions
 from a2f_inference.pipeline.stream_params import NETWORK_RATE_HZ, StreamParams
 from a2f_volume.errors import A2FError, InvalidArgumentError
 from a2f_volume.model_folder import ModelFolder
@@ -102,7 +95,8 @@ class StreamSession:
     def __init__(self, owner: StreamOwner, folder: ModelFolder, *, identity_index: int,
                  params: StreamParams, face: FaceParams, postprocessor: FramePostprocessor,
                  input_rate: int, output_fps: float, constant_noise: bool, seed: int | None,
-                 on_ready: ReadyCallback | None = None) -> None:
+                 on_ready: ReadyCallback | None = None,
+                 emotion_model: EmotionRuntime | None = None) -> None:
         self.owner = owner
         self.on_ready = on_ready
         self.params = params
@@ -120,7 +114,6 @@ class StreamSession:
             self.input_rate, NETWORK_RATE_HZ)
         start = (np.asarray(params.emotion.beginning_emotion, dtype=np.float32)
                  if params.has_beginning_emotion else folder.default_emotion)
-        self._emotions = EmotionTrack(start)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._signal = SampleBuffer()
@@ -160,6 +153,10 @@ class StreamSession:
             self._noise: np.ndarray | None = None  # constant noise
             self._noise_next: np.ndarray | None = None  # drawn ahead on the post thread
         self._assembler = FrameAssembler(self.input_rate, self._fps, native_fps)
+        self.emotions = StreamEmotions(  # each frame's emotion input, and the aggregates
+            start, fps=self._fps, native_fps=native_fps, params=params,
+            input_strength=self._input_strength, emotion_model=emotion_model,
+            on_advance=lambda: owner.notify(self), on_fail=self._emotion_failed)
 
     # -- public API ----------------------------------------------------------------------------
     @property
@@ -210,6 +207,7 @@ class StreamSession:
             assert self._resampler is not None
             y = self._resampler.process(x)
             self._signal.append(y)
+            self.emotions.push_audio(y)
             notify = self._has_new_work()
             self._release_locked()
         if notify:
@@ -222,7 +220,7 @@ class StreamSession:
         :class:`InvalidArgumentError` (listing the allowed names) and nothing is added.
         """
         self._check_open("push_emotions")
-        self._emotions.add(keyframes)
+        self.emotions.add_keyframes(keyframes)
 
     def end_of_audio(self) -> None:
         """No more audio: every remaining frame is made (zero-padded past the end)."""
@@ -234,7 +232,10 @@ class StreamSession:
                 logger.debug("stream ended with an odd trailing byte; dropped")
                 self._carry = b""
             assert self._resampler is not None
-            self._signal.append(self._resampler.flush())
+            tail = self._resampler.flush()
+            self._signal.append(tail)
+            self.emotions.push_audio(tail)
+            self.emotions.end()
             self._resampler = None
             self._ended = True
             self._has_new_work()
@@ -271,6 +272,7 @@ class StreamSession:
             if self.kind == "diffusion":
                 self._noise = self._noise_next = None
             self._changed.notify_all()
+        self.emotions.close()
         self.owner.forget(self)
 
     # -- scheduler side ------------------------------------------------------------------------
@@ -327,6 +329,10 @@ class StreamSession:
                     self._error.__cause__ = err
             self._in_flight = 0
             self._changed.notify_all()
+
+    def _emotion_failed(self, err: BaseException) -> None:
+        self.fail(err)
+        self.signal_ready()
 
     def signal_ready(self) -> None:
         """Worker thread: frames were made, or the stream finished or failed; calls the
@@ -398,12 +404,14 @@ class StreamSession:
     def _units_available(self) -> int:
         """Inference units (regression frames / diffusion inferences) that may run now."""
         n = self._signal.total
-        if self.regression_clock is not None:
+        if self.regression_clock is not None:  # A2E: only frames whose emotion is known
             c = self.regression_clock
-            return c.total_frames(n) if self._ended else c.frames_ready(n)
+            return self.emotions.cap_frames(c.total_frames(n) if self._ended
+                                            else c.frames_ready(n))
         assert self.diffusion_clock is not None
         d = self.diffusion_clock
-        return d.total_inferences(n) if self._ended else d.inferences_ready(n)
+        units = d.total_inferences(n) if self._ended else d.inferences_ready(n)
+        return self.emotions.cap_inferences(units, self._next_unit, d)
 
     def _has_new_work(self) -> bool:
         avail = self._units_available()
@@ -421,8 +429,7 @@ class StreamSession:
             return None
         ready_at = self._ready_since or time.perf_counter()
         starts = c.window_starts(k0, n)
-        times = np.arange(k0, k0 + n, dtype=np.float64) / float(self._fps)
-        explicit = self._emotions.at(times)
+        explicit = self.emotions.face_input(np.arange(k0, k0 + n))
         width = self._implicit.size + explicit.shape[1]
         if (out is not None and out["input"].shape[1:] == (1, c.buffer_len)
                 and out["emotion"].shape[1:] == (1, width)):
@@ -457,7 +464,7 @@ class StreamSession:
             window *= np.float32(self._input_strength)
         # one emotion vector per kept frame (warm-up frames get the value at t = 0)
         g = np.arange(d.first_native(k), d.first_native(k) + d.center, dtype=np.float64)
-        emotion = self._emotions.at(np.maximum(g, 0.0) / float(d.native_fps))[None]
+        emotion = self.emotions.face_input(g)[None]
         if self.constant_noise:
             if self._noise is None:
                 self._noise = self._rng.standard_normal(self._noise_shape,

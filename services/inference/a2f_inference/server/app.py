@@ -31,9 +31,8 @@ from a2f_inference.proto_gen.nvidia_audio2face_3d import (
 )
 from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.metrics import InferenceMetrics
-from a2f_inference.server.model import LoadedModel
 from a2f_inference.server.modes import as_engine_policy
-from a2f_inference.server.registry import ModelRegistry
+from a2f_inference.server.registry import ModelRegistry, Served
 from a2f_inference.server.reload import ModelReloader, health_service_name
 from a2f_inference.server.servicers import (
     A2FControllerServicer,
@@ -69,7 +68,7 @@ class InferenceServer:
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._health_models: set[str] = set()
-        self.reloader: ModelReloader[LoadedModel] | None = None
+        self.reloader: ModelReloader[Served] | None = None
         if config.hot_reload != "off":
             self.reloader = ModelReloader(
                 config.models_root, self.registry, self.registry.load_version,

@@ -66,6 +66,11 @@ class ServerConfig:
         reload_poll_s: period of the full rescan of the models root (default 5).
         reload_debounce_s: quiet time after a change before the rescan (default 0.5).
         log_level: root log level name (default INFO).
+        a2e_model: the Audio2Emotion folder (its name under the models root) whose output
+            drives every stream's emotion; empty = the only A2E folder there, if exactly one
+            (default empty; see docs/emotion.md).
+        a2e_inference_interval: output frames between two A2E runs of a stream (NIM's
+            ``a2e.inference_interval``, default 10).
     """
 
     models_root: Path = Path("/data/models")
@@ -89,6 +94,8 @@ class ServerConfig:
     reload_poll_s: float = 5.0
     reload_debounce_s: float = 0.5
     log_level: str = "INFO"
+    a2e_model: str = ""
+    a2e_inference_interval: int = 10
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -119,6 +126,10 @@ class ServerConfig:
              f"reload_poll_s {self.reload_poll_s}, expected 0.05..3600")
         need(0 <= self.reload_debounce_s <= 60,
              f"reload_debounce_s {self.reload_debounce_s}, expected 0..60")
+        need(1 <= self.a2e_inference_interval <= 1000,
+             f"a2e_inference_interval {self.a2e_inference_interval}, expected 1..1000 frames")
+        need(self.a2e_model == "" or "/" not in self.a2e_model,
+             f"a2e_model {self.a2e_model!r}, expected a folder name under models_root")
 
     @property
     def default_model(self) -> str:

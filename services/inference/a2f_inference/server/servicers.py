@@ -20,8 +20,7 @@ from a2f_inference.proto_gen.nvidia_audio2face_3d import (
 from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.errors import to_status
 from a2f_inference.server.metrics import InferenceMetrics
-from a2f_inference.server.model import LoadedModel
-from a2f_inference.server.registry import ModelRegistry
+from a2f_inference.server.registry import ModelRegistry, Served
 from a2f_inference.server.reload import ReloadStatus
 from a2f_inference.server.streaming import AudioStreamCall
 
@@ -67,7 +66,7 @@ def _to_yaml(obj: Any, indent: int = 0) -> str:
     return "\n".join(lines)
 
 
-def _model_dict(lm: LoadedModel) -> dict[str, Any]:
+def _model_dict(lm: Served) -> dict[str, Any]:
     return {"name": lm.name, "kind": lm.kind, "version": lm.version,
             "folder": str(lm.folder), "identities": list(lm.identities),
             "engine": {"backend": lm.backend, "fingerprint": lm.fingerprint},
