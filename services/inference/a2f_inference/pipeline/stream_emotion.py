@@ -31,7 +31,7 @@ from google.protobuf import any_pb2
 from a2f_inference.pipeline.a2e_postprocess import A2EPostParams
 from a2f_inference.pipeline.a2e_runtime import A2EStream, EmotionRuntime
 from a2f_inference.pipeline.emotion import EmotionTrack, Keyframe
-from a2f_inference.pipeline.emotion_aggregate import emotion_aggregate_any
+from a2f_inference.pipeline.emotion_aggregate import TYPE_URL, encode_emotion_aggregate
 from a2f_inference.pipeline.frames import DiffusionClock
 from a2f_inference.pipeline.stream_params import StreamParams
 
@@ -52,6 +52,9 @@ class StreamEmotions:
         self.keyframes = EmotionTrack(start)
         self.fps = fps
         self.native_fps = native_fps
+        ratio = native_fps / fps  # native frames per output frame
+        self._step = ratio.numerator if ratio.denominator == 1 else None  # integer ratio
+        self._ratio = ratio
         self._on_advance = on_advance
         self._on_fail = on_fail
         self._lock = threading.Lock()
@@ -195,13 +198,22 @@ class StreamEmotions:
     # -- the aggregate of an output frame ----------------------------------------------------
     def aggregate(self, index: int, time_code_s: float) -> any_pb2.Any:
         """``EmotionAggregate`` of output frame ``index`` packed for
-        ``AnimationData.metadata["emotion_aggregate"]``; forgets what earlier frames held."""
-        pos = Fraction(index) * self.native_fps / self.fps
-        lo = math.floor(pos)
+        ``AnimationData.metadata["emotion_aggregate"]`` (:meth:`aggregate_bytes` in an Any)."""
+        return any_pb2.Any(type_url=TYPE_URL, value=self.aggregate_bytes(index, time_code_s))
+
+    def aggregate_bytes(self, index: int, time_code_s: float) -> bytes:
+        """The serialized ``EmotionAggregate`` of output frame ``index`` (frames are asked
+        for in order; what earlier frames held is forgotten)."""
+        if self._step is not None:
+            lo, frac = index * self._step, Fraction(0)
+        else:
+            pos = index * self._ratio
+            lo = math.floor(pos)
+            frac = pos - lo
         with self._lock:
             inputs, self._inputs = self._inputs, []
             a2e = self._a2e_out.get(index)
-            smoothed = self._face_at(lo, pos - lo)
+            smoothed = self._face_at(lo, frac)
             # frames are packed in order and after their face input: what lies before this
             # one is no longer needed
             while self._face_low < lo:
@@ -213,7 +225,7 @@ class StreamEmotions:
                 self._out_low += 1
         if smoothed is None:  # not a frame the face model saw (should not happen)
             smoothed = self.keyframes.at(np.array([time_code_s]))[0]
-        return emotion_aggregate_any(time_code_s, smoothed, a2e, inputs)
+        return encode_emotion_aggregate(time_code_s, smoothed, a2e, inputs)
 
     def _face_at(self, lo: int, frac: Fraction) -> np.ndarray | None:
         a = self._face.get(lo)

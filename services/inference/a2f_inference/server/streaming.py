@@ -21,7 +21,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from a2f_inference.pipeline import StreamSession
-from a2f_inference.pipeline.emotion_aggregate import METADATA_KEY
+from a2f_inference.pipeline.emotion_aggregate import METADATA_KEY, TYPE_URL
 from a2f_inference.proto_gen.nvidia_ace import animation_pb2, audio_pb2, status_pb2
 from a2f_inference.proto_gen.nvidia_audio2face_3d import messages_pb2
 from a2f_inference.protocol import IDENTITY_METADATA, MODEL_METADATA, VERSION_METADATA
@@ -305,7 +305,9 @@ class AudioStreamCall:
                     bw.values.extend(_floats(f.weights))
                     data.audio.time_code = t
                     data.audio.audio_buffer = bytes(f.audio)
-                    data.metadata[METADATA_KEY].CopyFrom(emotions.aggregate(f.index, t))
+                    agg = data.metadata[METADATA_KEY]
+                    agg.type_url = TYPE_URL
+                    agg.value = emotions.aggregate_bytes(f.index, t)
                     yield msg
                     sent += 1
                     latency.observe(time.perf_counter() - self._needed_at(t))
