@@ -22,6 +22,7 @@ from a2f_inference.pipeline.a2e_runtime import EmotionRuntime
 from a2f_inference.pipeline.a2e_scheduler import A2EScheduler
 from a2f_standin.emotion import generate_emotion
 from a2f_volume.emotion_folder import load_emotion_folder
+from a2f_volume.errors import InvalidArgumentError
 from a2f_volume.model_folder import EMOTIONS, ModelFolder
 
 from .conftest import RecordingEngine
@@ -163,3 +164,78 @@ def test_without_a2e_the_aggregate_reports_interpolated_keyframes(
         session.close()
     finally:
         face.stop()
+
+
+def test_diffusion_streams_get_the_a2e_emotion_at_native_frames(
+        small_folders: dict[str, ModelFolder], emotion_runtime: EmotionRuntime) -> None:
+    folder = small_folders["diffusion"]
+    engine = RecordingEngine(folder.onnx_path, folder.max_batch)
+    runtime = ModelRuntime(folder, engine)
+    face = BatchScheduler(runtime)
+    a2e = A2EScheduler(emotion_runtime)
+    face.start()
+    a2e.start()
+    try:
+        engine.record = True
+        session = runtime.open_stream(None, None, input_rate=16000, output_fps=FPS,
+                                      constant_noise=True, seed=0,
+                                      emotion_model=emotion_runtime)
+        pcm = synthetic_speech(3.0, seed=4)
+        for i in range(0, len(pcm), 8000):
+            session.push_audio(pcm[i:i + 8000])
+        session.end_of_audio()
+        frames = _collect(session)
+        engine.record = False
+        assert len(frames) == 3 * FPS
+        # native 60 fps: output frame i is native frame 2i; the face network's input for it
+        # (row 2i of the kept frames, in inference order) is the reported smoothed output
+        fed = np.concatenate([feeds["emotion"][0] for feeds, _ in engine.calls])
+        d = session.diffusion_clock
+        assert d is not None
+        warmup = -d.first_native(0)
+        for f in frames:
+            agg = _unpack(session, f)
+            assert len(agg.a2e_output) == 1
+            smoothed = [agg.a2f_smoothed_output[0].emotion[n] for n in EMOTIONS]
+            np.testing.assert_allclose(smoothed, fed[warmup + 2 * f.index], atol=1e-7)
+        session.close()
+    finally:
+        a2e.stop()
+        face.stop()
+        engine.close()
+
+
+def test_header_overrides_only_the_keys_it_sets(
+        small_folders: dict[str, ModelFolder], emotion_runtime: EmotionRuntime) -> None:
+    folder = small_folders["regression"]
+    engine = OnnxRuntimeEngine(folder.onnx_path, max_batch=folder.max_batch,
+                               intra_op_threads=1)
+    runtime = ModelRuntime(folder, engine)
+    face = BatchScheduler(runtime)
+    a2e = A2EScheduler(emotion_runtime)
+    face.start()
+    a2e.start()
+    headers: list[dict[str, object]] = [
+        {}, {"emotion_post_processing_params": {"emotion_strength": 0.3}}]
+    try:
+        smoothed = []
+        for header in headers:
+            s = runtime.open_stream(None, header, input_rate=16000, output_fps=FPS,
+                                    emotion_model=emotion_runtime)
+            s.push_audio(synthetic_speech(2.0, seed=5))
+            s.end_of_audio()
+            frames = _collect(s)
+            smoothed.append(np.array([[_unpack(s, f).a2f_smoothed_output[0].emotion[n]
+                                       for n in EMOTIONS] for f in frames]))
+            s.close()
+        assert emotion_runtime.folder.post.emotion_strength == pytest.approx(0.6)
+        np.testing.assert_allclose(smoothed[1], smoothed[0] * 0.3 / 0.6, rtol=1e-5,
+                                   atol=1e-7)
+        assert smoothed[0].max() > 0.05
+        with pytest.raises(InvalidArgumentError, match="max_emotions"):
+            runtime.open_stream(None, {"emotion_post_processing_params": {"max_emotions": 9}},
+                                input_rate=16000, emotion_model=emotion_runtime)
+    finally:
+        a2e.stop()
+        face.stop()
+        engine.close()
