@@ -155,3 +155,24 @@ def test_admin_lists_the_a2e_model_with_its_kind(a2e_server: RunningServer) -> N
     assert by_name[REGRESSION].kind == "regression"
     result = asyncio.run(one_stream(a2e_server.address, 1.0, model="a2e"))
     assert not result.ok and "unknown model 'a2e'" in result.status_message  # not a face model
+
+
+def test_a2f_client_writes_the_three_emotion_csvs(a2e_server: RunningServer, speech: Path,
+                                                  tmp_path: Path) -> None:
+    from a2f_inference.client import EmotionKey, run_client
+
+    result, out_dir = asyncio.run(run_client(
+        speech, a2e_server.address, model=REGRESSION, out=tmp_path, quiet=True,
+        emotions=[EmotionKey("joy", 0.8, 0.0), EmotionKey("anger", 0.5, 1.5)]))
+    assert result.ok and result.frames_without_emotion == 0
+    n = len(result.time_codes)
+    files = {p.name: p.read_text().splitlines() for p in out_dir.glob("*.csv")}
+    assert set(files) == {"animation_frames.csv", "a2e_emotion_output.csv",
+                          "a2f_smoothed_emotion_output.csv", "a2f_input_emotions.csv"}
+    for name in ("a2e_emotion_output.csv", "a2f_smoothed_emotion_output.csv"):
+        header, *rows = files[name]
+        assert header == ",time_code," + ",".join(f"emotion_values.{e}" for e in EMOTIONS)
+        assert len(rows) == n
+    header, *rows = files["a2f_input_emotions.csv"]
+    assert header == ",time_code,emotion_values.anger,emotion_values.joy"
+    assert rows == ["0,0.0,,0.8", "1,1.5,0.5,"]

@@ -97,9 +97,10 @@ class A2EStream:
         return frames, windows
 
     def accept_logits(self, frames: list[int], logits: np.ndarray) -> None:
-        """Scheduler thread: the logits of windows taken with :meth:`take_windows`."""
+        """Scheduler thread: the logits of windows taken with :meth:`take_windows` (kept;
+        the scheduler post-processes the streams of a batch together, ``advance_tracks``)."""
         if not self.closed:
-            self.track.accept_logits(frames, logits)
+            self.track.store_logits(frames, logits)
 
     def fail(self, err: BaseException) -> None:
         if self.error is None:

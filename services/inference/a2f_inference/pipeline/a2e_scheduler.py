@@ -24,6 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from a2f_inference.pipeline.a2e_runtime import A2EStream, EmotionRuntime
+from a2f_inference.pipeline.a2e_track import advance_tracks
 from a2f_volume.errors import UnavailableError
 
 logger = logging.getLogger(__name__)
@@ -202,12 +203,14 @@ class A2EScheduler:
         t_inf = time.perf_counter()
         row = 0
         for stream, frames, _w, _r in batch:
-            try:
-                stream.accept_logits(frames, logits[row:row + len(frames)])
-            except Exception as err:  # this stream alone fails
-                logger.exception("A2E post-processing of a stream on %s failed", rt.name)
-                stream.fail(err)
+            stream.accept_logits(frames, logits[row:row + len(frames)])
             row += len(frames)
+        try:  # the frames these logits complete, all streams of the batch together
+            advance_tracks([s.track for s, *_ in batch if not s.closed])
+        except Exception as err:  # not attributable to one stream: all of them stop
+            logger.exception("A2E post-processing on %s failed", rt.name)
+            for stream, *_ in batch:
+                stream.fail(err)
         t_end = time.perf_counter()
         self.batches += 1
         self.windows += row
