@@ -175,4 +175,5 @@ def test_a2f_client_writes_the_three_emotion_csvs(a2e_server: RunningServer, spe
         assert len(rows) == n
     header, *rows = files["a2f_input_emotions.csv"]
     assert header == ",time_code,emotion_values.anger,emotion_values.joy"
-    assert rows == ["0,0.0,,0.8", "1,1.5,0.5,"]
+    joy = repr(float(np.float32(0.8)))  # a proto float, as NVIDIA's sample app prints it
+    assert rows == [f"0,0.0,,{joy}", "1,1.5,0.5,"]
