@@ -125,18 +125,20 @@ class EmotionRuntime:
     """An A2E version ready to serve streams.
 
     ``max_batch`` defaults to the folder's ``trt_info`` ``MAX_BATCH_SIZE`` (NIM: 128), capped
-    by the engine's own limit; ``inference_interval``: frames between two A2E runs.
+    by the engine's own limit; ``inference_interval``: frames between two A2E runs; ``name``
+    (for messages) defaults to the folder's.
     """
 
     def __init__(self, folder: EmotionModelFolder, engine: Engine, *,
                  max_batch: int | None = None,
-                 inference_interval: int = DEFAULT_INFERENCE_INTERVAL) -> None:
+                 inference_interval: int = DEFAULT_INFERENCE_INTERVAL,
+                 name: str | None = None) -> None:
         if inference_interval < 1:
             raise InvalidArgumentError(
                 f"A2E inference_interval {inference_interval}: expected an integer >= 1")
         self.folder = folder
         self.engine = engine
-        self.name = folder.name
+        self.name = name or folder.name  # the model's name (a version dir's is its id)
         self.kind = folder.kind
         self.inference_interval = int(inference_interval)
         limit = max_batch if max_batch is not None else folder.max_batch

@@ -100,7 +100,7 @@ def load_emotion_model(folder: Path, config: ServerConfig,
     choice = (engines or EngineChecker()).load(folder, config, max_batch)
     try:
         runtime = EmotionRuntime(ef, choice.engine, max_batch=max_batch,
-                                 inference_interval=config.a2e_inference_interval)
+                                 inference_interval=config.a2e_inference_interval, name=name)
         scheduler = A2EScheduler(
             runtime, max_wait_s=config.max_wait_s,
             observer=A2EBatchMetrics(metrics, name) if metrics is not None else None)
