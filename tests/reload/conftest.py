@@ -18,7 +18,7 @@ from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.metrics import InferenceMetrics
 from a2f_inference.server.model import LoadedModel
 from a2f_inference.server.modes import EnginePolicy
-from a2f_inference.server.registry import ModelRegistry
+from a2f_inference.server.registry import ModelRegistry, Served
 from a2f_inference.server.reload import ModelReloader
 from a2f_volume import layout
 from a2f_volume.versions import VersionRecord, switch, write_record
@@ -92,7 +92,7 @@ class Harness:
         kw: dict[str, Any] = dict(poll_interval_s=0.5, debounce_s=0.05, use_inotify=True,
                                   metrics=self.metrics)
         kw.update(reloader_kw)
-        self.reloader: ModelReloader[LoadedModel] = ModelReloader(
+        self.reloader: ModelReloader[Served] = ModelReloader(
             root, self.registry, self.registry.load_version,
             require_built_engine=engine_policy == "require-built",
             on_change=lambda n, s: self.events.append((n, s)), **kw)

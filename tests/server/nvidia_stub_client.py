@@ -1,9 +1,12 @@
 """A client written only against NVIDIA's published stubs, like their sample app.
 
-Run as ``python nvidia_stub_client.py HOST:PORT WAV [MODEL] [--tls-ca-file PEM
+Run as ``python nvidia_stub_client.py HOST:PORT WAV [MODEL] [--no-pace] [--tls-ca-file PEM
 [--tls-cert-file PEM --tls-key-file PEM]]``; prints one JSON object with what came back (kept
-out of the server's process and packages on purpose). With ``--tls-ca-file`` the channel is
-TLS, built with grpc's own ``ssl_channel_credentials`` as NVIDIA's sample client does.
+out of the server's process and packages on purpose), including every frame's
+``EmotionAggregate`` unpacked with the published message class, as NVIDIA's sample app does.
+``--no-pace`` sends the chunks without waiting a second between them. With ``--tls-ca-file``
+the channel is TLS, built with grpc's own ``ssl_channel_credentials`` as NVIDIA's sample
+client does.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ def _channel(target: str, tls: dict[str, str]) -> grpc.Channel:
 
 
 def main() -> None:
-    args, tls = _tls_options(sys.argv[1:])
+    pace = "--no-pace" not in sys.argv
+    args, tls = _tls_options([a for a in sys.argv[1:] if a != "--no-pace"])
     target, wav_path = args[0], args[1]
     model = args[2] if len(args) > 2 else None
     with wave.open(wav_path, "rb") as w:
@@ -75,14 +79,15 @@ def main() -> None:
                     e.emotion[name] = 1.0
                     chunk.emotions.append(e)
             yield messages_pb2.AudioWithEmotionStream(audio_with_emotion=chunk)
-            time.sleep(1.0)  # real-time pacing: frames must arrive before the end
+            if pace:
+                time.sleep(1.0)  # real-time pacing: frames must arrive before the end
         timing["audio_done"] = time.monotonic()
         sent_all.set()
         yield messages_pb2.AudioWithEmotionStream(
             end_of_audio=messages_pb2.AudioWithEmotionStream.EndOfAudio())
 
     out: dict = {"order": [], "time_codes": [], "n_values": [], "audio_bytes": [],
-                 "audio_time_codes": []}
+                 "audio_time_codes": [], "emotion_aggregates": []}
     md = (("x-a2f-model", model),) if model else ()
     with _channel(target, tls) as channel:
         stub = audio2face_pb2_grpc.A2FControllerServiceStub(channel)
@@ -104,6 +109,14 @@ def main() -> None:
                     out["time_codes"].append(bw.time_code)
                     out["n_values"].append(len(bw.values))
                 out["audio_bytes"].append(len(msg.animation_data.audio.audio_buffer))
+                md = msg.animation_data.metadata
+                agg = messages_pb2.EmotionAggregate()
+                if "emotion_aggregate" in md and md["emotion_aggregate"].Unpack(agg):
+                    out["emotion_aggregates"].append({
+                        field: [[e.time_code, dict(e.emotion)] for e in getattr(agg, field)]
+                        for field in ("input_emotions", "a2e_output", "a2f_smoothed_output")})
+                else:
+                    out["emotion_aggregates"].append(None)
                 out["audio_time_codes"].append(msg.animation_data.audio.time_code)
             elif part == "event":
                 out["event_type"] = msg.event.event_type

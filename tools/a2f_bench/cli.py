@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from a2f_bench import pipeline, serve, serving_graph
+from a2f_bench.a2e import cmd_serve_a2e
 from a2f_bench.transports import compare_transports
 from a2f_engine.blas import configure_blas_threads
 
@@ -64,6 +65,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"{v['server_cpu_s_per_1000_frames']:.2f} s per 1000 frames, errors {v['errors']}"
             for k, v in figures.items()), flush=True)
         return 0
+    if args.a2e:
+        return cmd_serve_a2e(args)
     res = serve.run_serve_bench(args)
     print(serve.report(res, args.json), flush=True)
     return 0 if res.errors == 0 else 1

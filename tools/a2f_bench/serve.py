@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from a2f_bench.load import ServeBenchResult, drive
 from a2f_bench.pipeline import bench_pipeline
 from a2f_bench.proc import free_port, proc_cpu_s
-from a2f_bench.standins import MODEL_NAMES, linked_standin
+from a2f_bench.standins import A2E_NAME, MODEL_NAMES, link_a2e, linked_standin
 from a2f_engine.onnxruntime_engine import cpu_plan
 from a2f_inference.proto_gen.a2f_admin import admin_pb2, admin_pb2_grpc
 
@@ -101,11 +101,15 @@ def library_throughput(folder: Path, *, streams: int, clip_s: float, chunk_s: fl
         return None
 
 
-def run_serve_bench(args: argparse.Namespace) -> ServeBenchResult:
+def run_serve_bench(args: argparse.Namespace, a2e_size: str | None = None
+                    ) -> ServeBenchResult:
+    """One run; ``a2e_size``: serve the A2E stand-in of that size beside the face model."""
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    root = work / f"serve-models-{args.kind}-{args.size}"
+    root = work / f"serve-models-{args.kind}-{args.size}{'-a2e' if a2e_size else ''}"
     folder = linked_standin(args.kind, args.size, root)
+    if a2e_size:
+        link_a2e(root, a2e_size)
     name = folder.name
     workers, threads = cpu_plan(args.workers, args.threads)
     extra = ["--max-streams", str(max(args.streams + 8, 64)), "--engine-policy",
@@ -117,6 +121,9 @@ def run_serve_bench(args: argparse.Namespace) -> ServeBenchResult:
     try:
         server.wait_serving()
         info = model_info(server.address, name)
+        lookahead = info.lookahead_s
+        if a2e_size:  # a frame also waits for its A2E window (centred: T/2 past it)
+            lookahead = max(lookahead, model_info(server.address, A2E_NAME).lookahead_s)
         cpu0 = proc_cpu_s(server.proc.pid)
         client0 = time.process_time()
         log.info("server up on %s: %s %s, max batch %d, look-ahead %.3fs", server.address,
@@ -124,7 +131,7 @@ def run_serve_bench(args: argparse.Namespace) -> ServeBenchResult:
         res = asyncio.run(drive(
             server.address, name, streams=args.streams, duration_s=args.duration_s,
             clip_s=args.clip_s, chunk_s=args.chunk_s, realtime=args.mode == "realtime",
-            lookahead_s=info.lookahead_s, realtime_threshold_s=args.realtime_threshold_s))
+            lookahead_s=lookahead, realtime_threshold_s=args.realtime_threshold_s))
         res.server_max_batch = info.max_batch
         res.server_cpu_s = proc_cpu_s(server.proc.pid) - cpu0
         res.client_cpu_s = time.process_time() - client0
@@ -174,6 +181,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare-transports", action="store_true",
                    help="instead: the gRPC layer alone (canned frames, same traffic) on "
                    "grpc.aio and on the thread-pool server")
+    p.add_argument("--a2e", choices=("small", "full"), default=None,
+                   help="run twice, without and with an Audio2Emotion stand-in of this size "
+                        "beside the face model, and report the cost A2E adds per frame")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 

@@ -50,3 +50,35 @@ def linked_standin(kind: str, size: str, models_root: Path) -> Path:
             link.unlink()
         link.symlink_to(target, target_is_directory=True)
     return link
+
+
+#: The A2E folder's name under the benchmark's models root.
+A2E_NAME = "a2e"
+
+
+def a2e_standin(size: str, root: Path = STANDIN_CACHE, seed: int = 0) -> Path:
+    """The cached A2E stand-in ``<root>/a2e-<size>-seed<seed>`` (generated once)."""
+    from a2f_standin.emotion import generate_emotion
+
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"a2e-{size}-seed{seed}"
+    with FileLock(root / f".{final.name}.lock"):
+        if (final / "model.json").is_file():
+            return final
+        logger.info("generating the %s A2E stand-in into %s", size, final)
+        work = root / f".{final.name}.building-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        generate_emotion(work, size=size, seed=seed)
+        os.replace(work, final)
+    return final
+
+
+def link_a2e(models_root: Path, size: str) -> Path:
+    """``models_root/a2e``: a link to the cached A2E stand-in."""
+    target = a2e_standin(size).resolve()
+    link = models_root / A2E_NAME
+    if not link.exists() or link.resolve() != target:
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target, target_is_directory=True)
+    return link

@@ -4,8 +4,10 @@ Reads a 16-bit mono WAV (:func:`a2f_inference.audio.read_wav`: anything else is 
 with the command that converts it), sends the header with the file's own sample rate, then
 the audio in 1-second chunks (the first chunk carries every emotion keyframe), then
 end-of-audio. A concurrent reader collects the blendshape names, every frame and the returned
-audio, and at the end writes ``animation_frames.csv`` (``timeCode``, ``blendShapes.<Name>``) and
-``out.wav`` into ``<out>/output_NNNNNN/`` (the next free number).
+audio, and at the end writes ``animation_frames.csv`` (``timeCode``, ``blendShapes.<Name>``),
+``out.wav`` and, from each frame's ``metadata["emotion_aggregate"]``, the three emotion CSV
+files of NVIDIA's sample app (:mod:`a2f_inference.emotion_csv`) into ``<out>/output_NNNNNN/``
+(the next free number).
 
 TLS: ``--tls-ca-file`` (the CA of the server's certificate; ``--tls`` alone trusts the system's
 roots), and for a server that requires client certificates ``--tls-cert-file`` and
@@ -31,6 +33,8 @@ from typing import Literal, get_args
 import grpc
 
 from a2f_inference.audio import WavFormatError, read_wav, write_wav
+from a2f_inference.emotion_csv import EMOTION_CSV_FILES, EmotionCsvWriter
+from a2f_inference.pipeline.emotion_aggregate import METADATA_KEY
 from a2f_inference.proto_gen.nvidia_ace import animation_pb2, audio_pb2, status_pb2
 from a2f_inference.proto_gen.nvidia_audio2face_3d import audio2face_pb2_grpc, messages_pb2
 from a2f_inference.protocol import IDENTITY_METADATA, MODEL_METADATA, VERSION_METADATA
@@ -83,6 +87,10 @@ class StreamResult:
     started_s: float = 0.0
     ended_s: float = 0.0
     audio_done_s: float = 0.0
+    #: Each frame's emotion aggregate (``metadata["emotion_aggregate"]``), for the CSVs.
+    emotions: EmotionCsvWriter = field(default_factory=EmotionCsvWriter)
+    #: Frames that carried no readable emotion aggregate.
+    frames_without_emotion: int = 0
 
     @property
     def ok(self) -> bool:
@@ -119,6 +127,9 @@ class StreamResult:
             self.frame_arrival_s.append(now)
             if keep_data:
                 self.weights.append(list(bw.values))
+        if keep_data and (METADATA_KEY not in data.metadata
+                          or not self.emotions.add(data.metadata[METADATA_KEY])):
+            self.frames_without_emotion += 1
         if keep_data and data.HasField("audio"):
             self.audio_time_codes.append(data.audio.time_code)
             self.audio_sizes.append(len(data.audio.audio_buffer))
@@ -254,6 +265,7 @@ def write_outputs(result: StreamResult, out_dir: Path, audio_rate: int) -> None:
         for t, values in zip(result.time_codes, result.weights, strict=True):
             w.writerow([f"{t:.6f}", *(f"{v:.6f}" for v in values)])
     write_wav(out_dir / "out.wav", bytes(result.audio), audio_rate)
+    result.emotions.write(out_dir)
 
 
 async def run_client(wav: Path, server: str, *, model: str | None = None,
@@ -293,7 +305,8 @@ async def run_client(wav: Path, server: str, *, model: str | None = None,
             print(f"gRPC error: {result.grpc_code.name}: {result.grpc_details}")
         print(f"{len(result.time_codes)} frames, {len(result.blend_shapes)} blendshapes, "
               f"achieved {result.fps:.1f} FPS; model version {result.model_version or '?'}")
-        print(f"wrote {out_dir / 'animation_frames.csv'} and {out_dir / 'out.wav'}")
+        print(f"wrote {out_dir / 'animation_frames.csv'}, {out_dir / 'out.wav'} and "
+              f"{', '.join(EMOTION_CSV_FILES.values())}")
     return result, out_dir
 
 
@@ -343,7 +356,8 @@ def _face_param(text: str) -> tuple[str, float]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="a2f-client", description="Stream a 16-bit mono WAV through an Audio2Face-3D "
-        "server and save the animation (animation_frames.csv) and audio (out.wav).")
+        "server and save the animation (animation_frames.csv), audio (out.wav) and emotions "
+        "(a2e_emotion_output.csv, a2f_smoothed_emotion_output.csv, a2f_input_emotions.csv).")
     p.add_argument("wav", type=Path, help="16-bit mono PCM WAV file")
     p.add_argument("--server", default="127.0.0.1:50051",
                    help="HOST:PORT, or a gRPC target such as dns:///a2f-inference-headless:50051 "

@@ -5,7 +5,9 @@ It generates small stand-in model folders (regression and diffusion) under
 ``--wav``), runs it through the pipeline (:func:`run_pipeline_demo`), prints a summary
 (frames, duration, the largest weight of each active blendshape, JawOpen over time as a text
 plot) and writes ``animation_frames.csv`` (columns ``timeCode``, ``blendShapes.<Name>``, like
-NVIDIA's sample client) per model kind.
+NVIDIA's sample client) per model kind. Through the server (the default) an Audio2Emotion
+stand-in serves beside the face models, and the emotion the face model received is shown
+next to JawOpen.
 """
 
 from __future__ import annotations
@@ -58,6 +60,45 @@ def standin_dir(work_dir: Path, kind: str) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, final)
     return final
+
+
+def a2e_standin_dir(work_dir: Path) -> Path:
+    """The small Audio2Emotion stand-in under ``work_dir`` (generated on first use)."""
+    from a2f_standin.emotion import generate_emotion
+
+    final = work_dir / "standins" / "a2e-small"
+    if (final / "model.json").is_file():
+        return final
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    logger.info("generating the small Audio2Emotion stand-in into %s", final)
+    generate_emotion(tmp, size="small")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, final)
+    return final
+
+
+def emotion_beside_jaw(times: Sequence[float], jaw: np.ndarray,
+                       smoothed: Sequence[tuple[float, dict[str, float]]],
+                       a2e: Sequence[tuple[float, dict[str, float]]], step_s: float = 0.5
+                       ) -> str:
+    """Every ``step_s``: JawOpen as a bar, the strongest emotion fed to the face model
+    (``a2f_smoothed_output``) and the strongest emotion A2E heard (``a2e_output``)."""
+    def top(values: dict[str, float]) -> str:
+        if not values or max(values.values()) <= 0:
+            return "-"
+        name = max(values, key=lambda n: values[n])
+        return f"{name} {values[name]:.2f}"
+
+    lines = ["   time  JawOpen               emotion fed to the face   heard by A2E"]
+    next_t = 0.0
+    for i, t in enumerate(times):
+        if t + 1e-9 < next_t or i >= len(smoothed):
+            continue
+        next_t += step_s
+        bar = "#" * round(float(jaw[i]) * 12)
+        heard = top(a2e[i][1]) if i < len(a2e) else "(no A2E model)"
+        lines.append(f"{t:6.2f}s  {jaw[i]:.2f} {bar:<12}  {top(smoothed[i][1]):<24}  {heard}")
+    return "\n".join(lines)
 
 
 def write_csv(path: Path, names: Sequence[str], times: np.ndarray, weights: np.ndarray) -> None:
@@ -175,6 +216,11 @@ def run_server_demo(work: Path, kinds: Sequence[str], wav: Path | None, seconds:
             if link.is_symlink() or link.exists():
                 link.unlink()
             link.symlink_to(target, target_is_directory=True)
+    a2e_link, a2e_target = root / "a2e", a2e_standin_dir(work).resolve()
+    if not a2e_link.exists() or a2e_link.resolve() != a2e_target:
+        if a2e_link.is_symlink() or a2e_link.exists():
+            a2e_link.unlink()
+        a2e_link.symlink_to(a2e_target, target_is_directory=True)
     if wav is None:
         wav, source = speech_wav(work, seconds)
     else:
@@ -207,6 +253,9 @@ def run_server_demo(work: Path, kinds: Sequence[str], wav: Path | None, seconds:
             print(f"first frame after {first:.0f} ms, while audio was still streaming: {early}")
             print("JawOpen over time:")
             print(text_plot(np.asarray(result.time_codes), w[:, jaw]))
+            rec = result.emotions.records
+            print(emotion_beside_jaw(result.time_codes, w[:, jaw],
+                                     rec["a2f_smoothed_output"], rec["a2e_output"]))
     return 1 if failures else 0
 
 

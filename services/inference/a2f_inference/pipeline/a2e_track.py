@@ -16,12 +16,17 @@ what has not been asked for yet).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-from a2f_inference.pipeline.a2e_postprocess import A2EPostParams, A2EStreamState, step_stream
+from a2f_inference.pipeline.a2e_postprocess import (
+    A2EPostParams,
+    A2EStep,
+    A2EStreamState,
+    step_streams,
+)
 from a2f_inference.pipeline.a2e_window import A2EClock
 
 #: ``preferred(time_s)`` -> the client's keyframe emotion at that time, or None (no keyframes).
@@ -73,6 +78,12 @@ class A2EStreamTrack:
             self._advance_locked()
 
     # -- A2E windows -------------------------------------------------------------------
+    def windows_ready(self) -> int:
+        """How many windows :meth:`take_windows` would hand out now (no limit)."""
+        with self._lock:
+            ready = self.clock.frames_ready(self._received, self._ended)
+            return len(self.clock.inference_frames(self._next_window, ready))
+
     def take_windows(self, max_count: int) -> tuple[list[int], np.ndarray]:
         """Up to ``max_count`` A2E frames whose window is complete, and their windows
         (float32 [n, T]). Each window is handed out once."""
@@ -97,28 +108,38 @@ class A2EStreamTrack:
     def accept_logits(self, frames: list[int], logits: np.ndarray) -> None:
         """The network's logits [len(frames), C] for windows from :meth:`take_windows`;
         post-processes every frame that can now be completed."""
+        self.store_logits(frames, logits)
+        advance_tracks([self])
+
+    def store_logits(self, frames: list[int], logits: np.ndarray) -> None:
+        """Like :meth:`accept_logits` without post-processing: :func:`advance_tracks` does
+        that for many tracks together."""
         rows = np.asarray(logits, dtype=np.float32).reshape(len(frames), -1)
         with self._lock:
             for k, row in zip(frames, rows, strict=True):
                 self._logits[k] = row.copy()
-            self._advance_locked()
 
     def _advance_locked(self) -> None:
-        existing = self.clock.frames_ready(self._received, ended=True)  # frames in the audio
+        while (nxt := self._next_step_locked()) is not None:
+            k, logits = nxt
+            self._record_locked(k, step_streams([self._state], logits[None],
+                                                [self._preferred(k / float(self.clock.fps))])[0])
+
+    def _next_step_locked(self) -> tuple[int, np.ndarray] | None:
+        """The next frame to post-process and its logits, if it can be done now."""
+        k = self._next_frame
+        if k >= self.clock.frames_ready(self._received, ended=True):  # not in the audio yet
+            return None
+        logits = self._logits.get(k - k % self.clock.inference_interval)
+        return None if logits is None else (k, logits)
+
+    def _record_locked(self, k: int, step: A2EStep) -> None:
+        self._a2e.append(step.a2e_output)
+        self._smoothed.append(step.smoothed)
+        self._next_frame = k + 1
         n = self.clock.inference_interval
-        while self._next_frame < existing:
-            k = self._next_frame
-            run = k - k % n
-            logits = self._logits.get(run)
-            if logits is None:
-                return
-            t = k / float(self.clock.fps)
-            step = step_stream(self._state, logits, self._preferred(t))
-            self._a2e.append(step.a2e_output)
-            self._smoothed.append(step.smoothed)
-            self._next_frame += 1
-            if k % n == n - 1:
-                self._logits.pop(run, None)
+        if k % n == n - 1:
+            self._logits.pop(k - k % n, None)
 
     # -- results -------------------------------------------------------------------------
     @property
@@ -133,6 +154,13 @@ class A2EStreamTrack:
         with self._lock:
             return self._next_frame
 
+    @property
+    def finished(self) -> bool:
+        """True once the audio has ended and every frame of it has its emotions."""
+        with self._lock:
+            return (self._ended and self._next_frame
+                    >= self.clock.frames_ready(self._received, ended=True))
+
     def take_emotions(self) -> FrameEmotions:
         """Emotions of the frames completed since the last call."""
         with self._lock:
@@ -144,3 +172,25 @@ class A2EStreamTrack:
             empty = np.zeros((0, len(self._state.params.beginning_emotion)), dtype=np.float32)
             return FrameEmotions(first, empty, empty.copy())
         return FrameEmotions(first, np.stack(a2e), np.stack(smoothed))
+
+
+def advance_tracks(tracks: Sequence[A2EStreamTrack]) -> None:
+    """Post-process every frame the tracks can complete: frame after frame, one vectorised
+    :func:`~a2f_inference.pipeline.a2e_postprocess.step_streams` call per step for all the
+    tracks that have a frame to do (the per-call cost is shared by every stream of a batch)."""
+    ordered = sorted(set(tracks), key=id)  # locks always taken in the same order
+    while True:
+        for t in ordered:
+            t._lock.acquire()
+        try:
+            ready = [(t, nxt) for t in ordered if (nxt := t._next_step_locked()) is not None]
+            if not ready:
+                return
+            steps = step_streams(
+                [t._state for t, _ in ready], np.stack([logits for _, (_k, logits) in ready]),
+                [t._preferred(k / float(t.clock.fps)) for t, (k, _l) in ready])
+            for (t, (k, _l)), step in zip(ready, steps, strict=True):
+                t._record_locked(k, step)
+        finally:
+            for t in ordered:
+                t._lock.release()

@@ -5,10 +5,15 @@ The value is a ``google.protobuf.Any`` holding ``EmotionAggregate`` (three lists
 type URL of the current published stubs, :data:`TYPE_URL`. ``Any.Unpack`` compares full
 message names, so the URL decides which clients can read it; :data:`LEGACY_TYPE_URL` is the
 name older stub releases generated, for deployments whose clients still import it.
+
+:func:`encode_emotion_aggregate` writes the same message's bytes directly (a fixed template
+per vector, the values dropped in), for the server's per-frame path: building the message
+through protobuf costs far more per frame than the rest of the frame's gRPC handling.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -78,3 +83,66 @@ def emotion_aggregate_any(
     """:func:`build_emotion_aggregate` packed for ``metadata[METADATA_KEY]``."""
     return pack_emotion_aggregate(
         build_emotion_aggregate(time_code_s, smoothed, a2e_output, input_emotions), type_url)
+
+
+# -- direct encoding ------------------------------------------------------------------------
+# EmotionWithTimeCode: time_code = 1 (double), emotion = 2 (map<string, float>: entries with
+# key = 1, value = 2). EmotionAggregate: input_emotions = 1, a2e_output = 2,
+# a2f_smoothed_output = 3 (length-delimited).
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _vector_template() -> tuple[np.ndarray, np.ndarray]:
+    """Bytes of ``EmotionWithTimeCode`` for the 10 A2F emotions with zero values, and the
+    byte positions of the time code (8) and of the 10 values (4 each)."""
+    out = bytearray(b"\x09" + bytes(8))  # time_code (always written)
+    slots = list(range(1, 9))
+    for name in EMOTIONS:
+        key = name.encode()
+        entry = b"\x0a" + _varint(len(key)) + key + b"\x15"
+        out += b"\x12" + _varint(len(entry) + 4) + entry
+        slots.extend(range(len(out), len(out) + 4))
+        out += bytes(4)
+    return np.frombuffer(bytes(out), dtype=np.uint8), np.asarray(slots, dtype=np.intp)
+
+
+_TEMPLATE, _SLOTS = _vector_template()
+_VECTOR_HEAD = {field: bytes([field << 3 | 2]) + _varint(_TEMPLATE.size) for field in (2, 3)}
+
+
+def _encode_vector(field: int, time_code_s: float, values: np.ndarray) -> bytes:
+    buf = _TEMPLATE.copy()
+    vec = np.asarray(values, dtype="<f4").reshape(-1)
+    if vec.size != len(EMOTIONS):
+        raise ValueError(f"an emotion vector has {vec.size} values, expected {len(EMOTIONS)}")
+    buf[_SLOTS] = np.frombuffer(struct.pack("<d", time_code_s) + vec.tobytes(), dtype=np.uint8)
+    return _VECTOR_HEAD[field] + buf.tobytes()
+
+
+def encode_emotion_aggregate(
+    time_code_s: float,
+    smoothed: np.ndarray,
+    a2e_output: np.ndarray | None = None,
+    input_emotions: Sequence[tuple[float, EmotionValues]] = (),
+) -> bytes:
+    """The serialized ``EmotionAggregate`` that :func:`build_emotion_aggregate` makes from
+    the same arguments (vectors in A2F order, float32 values), written directly."""
+    head = b""
+    if input_emotions:
+        msg = messages_pb2.EmotionAggregate()
+        for t, values in input_emotions:
+            msg.input_emotions.append(_entry(t, values))
+        head = msg.SerializeToString()
+    mid = b"" if a2e_output is None else _encode_vector(2, time_code_s, a2e_output)
+    return head + mid + _encode_vector(3, time_code_s, smoothed)

@@ -12,6 +12,7 @@ import numpy as np
 
 from a2f_engine.base import Engine, TensorSpec
 from a2f_engine.serving_graph import ServingGraphInfo
+from a2f_inference.pipeline.a2e_runtime import EmotionRuntime
 from a2f_inference.pipeline.params import OUTPUT_BLENDSHAPE_NAMES
 from a2f_inference.pipeline.postprocess import FramePostprocessor
 from a2f_inference.pipeline.row_layout import diffusion_shapes
@@ -117,8 +118,8 @@ class ModelRuntime:
     def open_stream(self, identity: str | None,
                     params: StreamParams | Mapping[str, Any] | None = None, *,
                     input_rate: int, output_fps: float = 30.0, constant_noise: bool = False,
-                    seed: int | None = None, on_ready: ReadyCallback | None = None
-                    ) -> StreamSession:
+                    seed: int | None = None, on_ready: ReadyCallback | None = None,
+                    emotion_model: EmotionRuntime | None = None) -> StreamSession:
         """Open a stream.
 
         ``identity``: an identity of the model (case-insensitive; None = the first one).
@@ -127,6 +128,9 @@ class ModelRuntime:
         ``output_fps``: frame rate of the output. ``constant_noise`` / ``seed``: diffusion
         noise (the same noise every inference when ``constant_noise``). ``on_ready``:
         called on a worker thread whenever the stream got frames, finished or failed.
+        ``emotion_model``: an Audio2Emotion version whose smoothed output becomes the
+        stream's emotion input (client keyframes then act as the preferred emotion);
+        without it the keyframes are interpolated.
         Raises :class:`InvalidArgumentError` / :class:`NotFoundError` on bad input.
         """
         sp = params if isinstance(params, StreamParams) else StreamParams.from_nim(params)
@@ -150,7 +154,8 @@ class ModelRuntime:
         session = StreamSession(self, self.folder, identity_index=index, params=sp, face=face,
                                 postprocessor=pp, input_rate=int(input_rate),
                                 output_fps=float(output_fps), constant_noise=constant_noise,
-                                seed=seed, on_ready=on_ready, serving=self.serving)
+                                seed=seed, on_ready=on_ready, serving=self.serving,
+                                emotion_model=emotion_model)
         with self._lock:
             self._sessions.add(session)
         logger.debug("stream opened on %s (identity %s, %d Hz, %.4g fps)", self.name,

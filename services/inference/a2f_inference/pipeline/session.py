@@ -12,12 +12,10 @@ The session talks to the object that opened it only through :class:`StreamOwner`
 through its own ``on_ready`` callback (given at ``open_stream``) whenever frames were made
 or the stream failed.
 
-Windowing (sizes always from the model folder's ``audio_params``):
-:class:`~a2f_inference.pipeline.frames.RegressionClock` (one frame per inference at the
-output rate) and :class:`~a2f_inference.pipeline.frames.DiffusionClock` (native 60 fps frames,
-post-processed at 60 fps, then brought to the output rate by :mod:`~.output`). A serving-graph
-engine (:mod:`~a2f_inference.pipeline.serving`) changes only the per-window feeds and what
-post-processing receives.
+Windowing (sizes from the folder's ``audio_params``): ``RegressionClock`` / ``DiffusionClock``
+(``frames.py``; diffusion frames are post-processed at 60 fps, then resampled by ``output.py``).
+Emotion inputs (A2E, keyframes): ``StreamEmotions`` (``stream_emotion.py``). A serving-graph
+engine (``serving.py``) changes only the per-window feeds and what post-processing receives.
 """
 
 from __future__ import annotations
@@ -31,8 +29,10 @@ from typing import Protocol
 
 import numpy as np
 
-from a2f_inference.pipeline.emotion import EmotionTrack, Keyframe
+from a2f_inference.pipeline.a2e_runtime import EmotionRuntime
+from a2f_inference.pipeline.emotion import Keyframe
 from a2f_inference.pipeline.frames import DiffusionClock, Frame, RegressionClock, as_fraction
+from a2f_inference.pipeline.host_noise import HostNoise
 from a2f_inference.pipeline.output import FrameAssembler
 from a2f_inference.pipeline.params import OUTPUT_BLENDSHAPE_NAMES, FaceParams
 from a2f_inference.pipeline.postprocess import FramePostprocessor
@@ -40,6 +40,7 @@ from a2f_inference.pipeline.resample import StreamingResampler
 from a2f_inference.pipeline.row_layout import diffusion_shapes
 from a2f_inference.pipeline.samples import SampleBuffer
 from a2f_inference.pipeline.serving import Projected, ServingGraph
+from a2f_inference.pipeline.stream_emotion import StreamEmotions
 from a2f_inference.pipeline.stream_params import NETWORK_RATE_HZ, StreamParams
 from a2f_volume.errors import A2FError, InvalidArgumentError
 from a2f_volume.model_folder import ModelFolder
@@ -93,7 +94,8 @@ class StreamSession:
                  params: StreamParams, face: FaceParams, postprocessor: FramePostprocessor,
                  input_rate: int, output_fps: float, constant_noise: bool, seed: int | None,
                  on_ready: ReadyCallback | None = None,
-                 serving: ServingGraph | None = None) -> None:
+                 serving: ServingGraph | None = None,
+                 emotion_model: EmotionRuntime | None = None) -> None:
         self.owner = owner
         self._serving = serving  # the engine runs the serving graph (None: the network)
         self.on_ready = on_ready
@@ -112,7 +114,6 @@ class StreamSession:
             self.input_rate, NETWORK_RATE_HZ)
         start = (np.asarray(params.emotion.beginning_emotion, dtype=np.float32)
                  if params.has_beginning_emotion else folder.default_emotion)
-        self._emotions = EmotionTrack(start)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._signal = SampleBuffer()
@@ -147,11 +148,12 @@ class StreamSession:
             self._latents = np.zeros(self._latent_shape, dtype=np.float32)
             self._onehot = np.zeros((1, len(folder.identities)), dtype=np.float32)
             self._onehot[0, identity_index] = 1.0
-            # SFC64: the fastest of numpy's generators; a full-size noise tensor is 16M values
-            self._rng = np.random.Generator(np.random.SFC64(seed))
-            self._noise: np.ndarray | None = None  # constant noise
-            self._noise_next: np.ndarray | None = None  # drawn ahead on the post thread
+            self._noise = HostNoise(self._noise_shape, constant=constant_noise, seed=seed)
         self._assembler = FrameAssembler(self.input_rate, self._fps, native_fps)
+        self.emotions = StreamEmotions(  # each frame's emotion input, and the aggregates
+            start, fps=self._fps, native_fps=native_fps, params=params,
+            input_strength=self._input_strength, emotion_model=emotion_model,
+            on_advance=lambda: owner.notify(self), on_fail=self._emotion_failed)
 
     # -- public API ----------------------------------------------------------------------------
     @property
@@ -202,6 +204,7 @@ class StreamSession:
             assert self._resampler is not None
             y = self._resampler.process(x)
             self._signal.append(y)
+            self.emotions.push_audio(y)
             notify = self._has_new_work()
             self._release_locked()
         if notify:
@@ -214,7 +217,7 @@ class StreamSession:
         :class:`InvalidArgumentError` (listing the allowed names) and nothing is added.
         """
         self._check_open("push_emotions")
-        self._emotions.add(keyframes)
+        self.emotions.add_keyframes(keyframes)
 
     def end_of_audio(self) -> None:
         """No more audio: every remaining frame is made (zero-padded past the end)."""
@@ -226,7 +229,10 @@ class StreamSession:
                 logger.debug("stream ended with an odd trailing byte; dropped")
                 self._carry = b""
             assert self._resampler is not None
-            self._signal.append(self._resampler.flush())
+            tail = self._resampler.flush()
+            self._signal.append(tail)
+            self.emotions.push_audio(tail)
+            self.emotions.end()
             self._resampler = None
             self._ended = True
             self._has_new_work()
@@ -261,8 +267,9 @@ class StreamSession:
             self._pp = None
             self._resampler = None
             if self.kind == "diffusion":
-                self._noise = self._noise_next = None
+                self._noise.clear()
             self._changed.notify_all()
+        self.emotions.close()
         self.owner.forget(self)
 
     # -- scheduler side ------------------------------------------------------------------------
@@ -319,6 +326,10 @@ class StreamSession:
                     self._error.__cause__ = err
             self._in_flight = 0
             self._changed.notify_all()
+
+    def _emotion_failed(self, err: BaseException) -> None:
+        self.fail(err)
+        self.signal_ready()
 
     def signal_ready(self) -> None:
         """Worker thread: frames were made, or the stream finished or failed; calls the
@@ -377,14 +388,13 @@ class StreamSession:
         """Post-processing thread: draw the noise of a later inference now, off the
         inference thread (a full-size draw is 16M values)."""
         with self._lock:
-            if (self.constant_noise or self._serving is not None or self._closed
-                    or self._noise_next is not None
+            if (self._serving is not None or self._closed or not self._noise.wants_ahead
                     or (self._ended and self._next_unit >= self._units_available())):
                 return
-        noise = self._rng.standard_normal(self._noise_shape, dtype=np.float32)
+        noise = self._noise.draw()
         with self._lock:
-            if self._noise_next is None and not self._closed:
-                self._noise_next = noise
+            if not self._closed:
+                self._noise.offer_ahead(noise)
 
     # -- internals -----------------------------------------------------------------------------
     def _check_open(self, what: str) -> None:
@@ -396,12 +406,14 @@ class StreamSession:
     def _units_available(self) -> int:
         """Inference units (regression frames / diffusion inferences) that may run now."""
         n = self._signal.total
-        if self.regression_clock is not None:
+        if self.regression_clock is not None:  # A2E: only frames whose emotion is known
             c = self.regression_clock
-            return c.total_frames(n) if self._ended else c.frames_ready(n)
+            return self.emotions.cap_frames(c.total_frames(n) if self._ended
+                                            else c.frames_ready(n))
         assert self.diffusion_clock is not None
         d = self.diffusion_clock
-        return d.total_inferences(n) if self._ended else d.inferences_ready(n)
+        units = d.total_inferences(n) if self._ended else d.inferences_ready(n)
+        return self.emotions.cap_inferences(units, self._next_unit, d)
 
     def _has_new_work(self) -> bool:
         avail = self._units_available()
@@ -419,8 +431,7 @@ class StreamSession:
             return None
         ready_at = self._ready_since or time.perf_counter()
         starts = c.window_starts(k0, n)
-        times = np.arange(k0, k0 + n, dtype=np.float64) / float(self._fps)
-        explicit = self._emotions.at(times)
+        explicit = self.emotions.face_input(np.arange(k0, k0 + n))
         width = self._implicit.size + explicit.shape[1]
         if (out is not None and out["input"].shape[1:] == (1, c.buffer_len)
                 and out["emotion"].shape[1:] == (1, width)):
@@ -458,28 +469,18 @@ class StreamSession:
             window *= np.float32(self._input_strength)
         # one emotion vector per kept frame (warm-up frames get the value at t = 0)
         g = np.arange(d.first_native(k), d.first_native(k) + d.center, dtype=np.float64)
-        emotion = self._emotions.at(np.maximum(g, 0.0) / float(d.native_fps))[None]
+        emotion = self.emotions.face_input(g)[None]
         feeds = {"window": window, "identity": self._onehot, "emotion": emotion,
                  "input_latents": self._latents}
         if self._serving is not None:  # the engine makes the noise (no host draw)
-            feeds.update(self._serving.window_feeds(self.face, self._rng, 1))
+            feeds.update(self._serving.window_feeds(self.face, self._noise.rng, 1))
         else:
-            feeds["noise"] = self._host_noise()
+            feeds["noise"] = self._noise.next()
         self._next_unit = k + 1
         self._in_flight = 1
         self._signal.discard_before(d.window_start(k + 1))
         self._ready_since = None
         return WorkItem(self, 1, feeds, k, ready_at)
-
-    def _host_noise(self) -> np.ndarray:
-        """The next window's noise when the engine runs the network itself."""
-        if self.constant_noise:
-            if self._noise is None:
-                self._noise = self._rng.standard_normal(self._noise_shape, dtype=np.float32)
-            return self._noise
-        noise, self._noise_next = self._noise_next, None  # drawn ahead while the engine ran
-        return noise if noise is not None else self._rng.standard_normal(
-            self._noise_shape, dtype=np.float32)
 
     # -- output frames (under the lock) ----------------------------------------------------
     def _network_samples(self) -> int | None:

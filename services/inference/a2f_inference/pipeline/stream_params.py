@@ -45,6 +45,10 @@ class StreamParams:
     emotion_post: EmotionPostProcessingParams = field(
         default_factory=EmotionPostProcessingParams)
     has_beginning_emotion: bool = False
+    #: The header's ``emotion_post_processing_params`` and ``emotion_params`` keys exactly as
+    #: set (A2E post-processing overrides only what the header sets; see docs/emotion.md).
+    emotion_post_raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    emotion_raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def from_nim(cls, params: Mapping[str, Any] | None = None) -> StreamParams:
@@ -81,9 +85,11 @@ class StreamParams:
             if k in p:
                 emo_in[k] = p[k]
         emotion = EmotionParams.from_nim(emo_in)
-        post = EmotionPostProcessingParams.from_nim(p.get("emotion_post_processing_params") or {})
+        post_in = dict(p.get("emotion_post_processing_params") or {})
+        post = EmotionPostProcessingParams.from_nim(post_in)
         return cls(MappingProxyType({str(k): float(v) for k, v in face.items()}), bs, emotion,
-                   post, "beginning_emotion" in emo_in)
+                   post, "beginning_emotion" in emo_in, MappingProxyType(post_in),
+                   MappingProxyType(emo_in))
 
     def face_for(self, config: Mapping[str, float]) -> FaceParams:
         """The stream's :class:`FaceParams`: ``face_overrides`` over an identity's config."""

@@ -36,9 +36,8 @@ from a2f_inference.server.listeners import (
     tls_certificates,
 )
 from a2f_inference.server.metrics import InferenceMetrics
-from a2f_inference.server.model import LoadedModel
 from a2f_inference.server.modes import as_engine_policy, needs_built_engine
-from a2f_inference.server.registry import ModelRegistry
+from a2f_inference.server.registry import ModelRegistry, Served
 from a2f_inference.server.reload import ModelReloader, ReloadStatus, health_service_name
 from a2f_inference.server.servicers import A2FControllerServicer
 
@@ -68,7 +67,7 @@ class InferenceServer:
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._health_models: set[str] = set()
-        self.reloader: ModelReloader[LoadedModel] | None = None
+        self.reloader: ModelReloader[Served] | None = None
         if config.hot_reload != "off":
             self.reloader = ModelReloader(
                 config.models_root, self.registry, self.registry.load_version,

@@ -117,6 +117,11 @@ class ServerConfig:
             ``fresh`` (new noise every window); see docs/serving-graph.md (default constant).
         diffusion_noise_seed: seed of the constant noise tensor and of the fresh policy's
             noise pool, drawn once per model version (default 0).
+        a2e_model: the Audio2Emotion folder (its name under the models root) whose output
+            drives every stream's emotion; empty = the only A2E folder there, if exactly one
+            (default empty; see docs/emotion.md).
+        a2e_inference_interval: output frames between two A2E runs of a stream (NIM's
+            ``a2e.inference_interval``, default 10).
     """
 
     models_root: Path = Path("/data/models")
@@ -158,6 +163,8 @@ class ServerConfig:
     admin_address: str = ""
     diffusion_noise: str = "constant"
     diffusion_noise_seed: int = 0
+    a2e_model: str = ""
+    a2e_inference_interval: int = 10
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -196,6 +203,10 @@ class ServerConfig:
         parse_noise_policies(self.diffusion_noise)  # raises naming the bad item
         need(0 <= self.diffusion_noise_seed < 2**63,
              f"diffusion_noise_seed {self.diffusion_noise_seed}, expected 0..2^63-1")
+        need(1 <= self.a2e_inference_interval <= 1000,
+             f"a2e_inference_interval {self.a2e_inference_interval}, expected 1..1000 frames")
+        need(self.a2e_model == "" or "/" not in self.a2e_model,
+             f"a2e_model {self.a2e_model!r}, expected a folder name under models_root")
 
     def noise_policy(self, model: str) -> NoisePolicy:
         """The diffusion noise policy of ``model`` (``diffusion_noise``)."""

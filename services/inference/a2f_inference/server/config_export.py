@@ -14,7 +14,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from a2f_inference.server.config import ServerConfig
-from a2f_inference.server.model import LoadedModel
+from a2f_inference.server.registry import Served
 
 #: Shown instead of a path that lies outside the models root.
 HIDDEN_PATH = "(set)"
@@ -48,7 +48,7 @@ def server_settings(config: ServerConfig) -> dict[str, Any]:
     return out
 
 
-def model_settings(lm: LoadedModel, models_root: Path) -> dict[str, Any]:
+def model_settings(lm: Served, models_root: Path) -> dict[str, Any]:
     """One served model version, its folder relative to the models root."""
     return {"name": lm.name, "kind": lm.kind, "version": lm.version,
             "folder": relative_to_root(lm.folder, models_root),

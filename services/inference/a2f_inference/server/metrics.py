@@ -11,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from a2f_inference.pipeline import BatchStats
+from a2f_inference.pipeline.a2e_scheduler import A2EBatchStats
 from a2f_inference.server.limits import LIMITS
 
 STREAM_RESULTS = ("success", "error", "cancelled")
@@ -20,6 +21,7 @@ _LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5,
                     1.0, 2.5)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
+_A2E_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class InferenceMetrics:
@@ -76,6 +78,18 @@ class InferenceMetrics:
             "limit_cuts", "Streams ended by a server limit (also counted in errors_total "
             "under their gRPC code), by the setting that tripped.", ["limit"], namespace=ns,
             registry=reg)
+        self.a2e_batch_size = Histogram(
+            "a2e_batch_size", "Audio2Emotion windows per batch (all streams together).",
+            ["model"], namespace=ns, buckets=_A2E_BATCH_BUCKETS, registry=reg)
+        self.a2e_batch_streams = Histogram(
+            "a2e_batch_streams", "Streams whose Audio2Emotion windows shared a batch.",
+            ["model"], namespace=ns, buckets=_A2E_BATCH_BUCKETS, registry=reg)
+        self.a2e_inference_time = Histogram(
+            "a2e_inference_seconds", "Audio2Emotion engine time per batch.", ["model"],
+            namespace=ns, buckets=_LATENCY_BUCKETS, registry=reg)
+        self.a2e_queue_wait = Histogram(
+            "a2e_queue_wait_seconds", "Time a ready Audio2Emotion window waited for its batch.",
+            ["model"], namespace=ns, buckets=_LATENCY_BUCKETS, registry=reg)
         for code in grpc.StatusCode:
             if code is not grpc.StatusCode.OK:
                 self.errors.labels(code.name)
@@ -105,6 +119,16 @@ class InferenceMetrics:
         self.postprocess_time.labels(model)
         self.postprocess_wait.labels(model)
         self.frame_latency.labels(model)
+        for r in LOAD_RESULTS:
+            self.model_loads.labels(model, r)
+        self.model_load_seconds.labels(model)
+
+    def init_a2e(self, model: str) -> None:
+        """Pre-create an Audio2Emotion model's label values."""
+        self.a2e_batch_size.labels(model)
+        self.a2e_batch_streams.labels(model)
+        self.a2e_inference_time.labels(model)
+        self.a2e_queue_wait.labels(model)
         for r in LOAD_RESULTS:
             self.model_loads.labels(model, r)
         self.model_load_seconds.labels(model)
@@ -160,3 +184,20 @@ class BatchMetrics:
         self._infer.observe(stats.inference_s)
         self._post.observe(stats.postprocess_s)
         self._post_wait.observe(stats.postprocess_wait_s)
+
+
+class A2EBatchMetrics:
+    """A2E scheduler observer: batch size, streams per batch, queue wait, inference time."""
+
+    def __init__(self, metrics: InferenceMetrics, model: str) -> None:
+        self._size = metrics.a2e_batch_size.labels(model)
+        self._streams = metrics.a2e_batch_streams.labels(model)
+        self._infer = metrics.a2e_inference_time.labels(model)
+        self._wait = metrics.a2e_queue_wait.labels(model)
+
+    def on_batch(self, stats: A2EBatchStats) -> None:
+        self._size.observe(stats.size)
+        self._streams.observe(stats.streams)
+        self._infer.observe(stats.inference_s)
+        for w in stats.queue_wait_s:
+            self._wait.observe(w)

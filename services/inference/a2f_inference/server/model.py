@@ -21,6 +21,7 @@ from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.engines import EngineChecker, model_max_batch
 from a2f_inference.server.metrics import BatchMetrics, InferenceMetrics
 from a2f_inference.server.modes import as_engine_policy, as_postprocess_mode
+from a2f_inference.server.warmup import warm_up_model
 from a2f_volume.model_folder import load_model_folder
 from a2f_volume.versions import current_version
 
@@ -48,6 +49,10 @@ class LoadedModel:
     retired: bool = False
     closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def warm_up(self) -> int:
+        """:func:`~a2f_inference.server.warmup.warm_up_model` on this version."""
+        return warm_up_model(self)
 
     def close(self) -> None:
         with self._lock:

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from a2f_inference.pipeline import ModelRuntime, ReadyCallback, StreamSession
+from a2f_inference.pipeline.a2e_runtime import EmotionRuntime
 from a2f_inference.proto_gen.nvidia_audio2face_3d import messages_pb2
 
 _POST_FIELDS = ("emotion_contrast", "live_blend_coef", "enable_preferred_emotion",
@@ -49,9 +50,12 @@ def emotion_keys(items: Iterable[messages_pb2.EmotionWithTimeCode]
 
 def open_session(runtime: ModelRuntime, header: messages_pb2.AudioWithEmotionStreamHeader,
                  *, identity: str | None, input_rate: int, output_fps: float,
-                 on_ready: ReadyCallback | None = None) -> StreamSession:
+                 on_ready: ReadyCallback | None = None,
+                 emotion_model: EmotionRuntime | None = None) -> StreamSession:
     """Open a pipeline stream session; the pipeline validates every parameter
     (``InvalidArgumentError`` naming the key and the allowed range). ``on_ready``: called on
-    a scheduler worker thread whenever the session got frames, finished or failed."""
+    a scheduler worker thread whenever the session got frames, finished or failed.
+    ``emotion_model``: the Audio2Emotion version whose output drives the stream's emotion."""
     return runtime.open_stream(identity, header_to_dict(header), input_rate=input_rate,
-                               output_fps=output_fps, on_ready=on_ready)
+                               output_fps=output_fps, on_ready=on_ready,
+                               emotion_model=emotion_model)

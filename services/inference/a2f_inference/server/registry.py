@@ -7,6 +7,9 @@ to the LoadedModel they started on (:meth:`ModelRegistry.acquire` /
 streams (:meth:`ModelRegistry.install`) while open streams finish on theirs; a replaced
 version is closed when its last stream ends. At most two versions of a model are resident:
 the serving one and one draining.
+
+An Audio2Emotion folder goes to the A2E slot (:mod:`~a2f_inference.server.a2e_slot`), not to
+the face models: :meth:`ModelRegistry.acquire_a2e` gives a new stream the A2E version to use.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from a2f_inference.server.a2e_model import LoadedEmotion, load_emotion_model
+from a2f_inference.server.a2e_slot import A2ESlot
 from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.engines import EngineChecker
 from a2f_inference.server.memory import trim_memory
 from a2f_inference.server.metrics import InferenceMetrics
 from a2f_inference.server.model import LoadedModel, load_model
 from a2f_inference.server.modes import as_engine_policy
-from a2f_inference.server.warmup import warm_up_model
 from a2f_volume import layout
 from a2f_volume.errors import (
     A2FError,
@@ -32,6 +36,7 @@ from a2f_volume.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from a2f_volume.model_kind import model_family
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +49,18 @@ class ModelLoader(Protocol):
                  engines: EngineChecker | None = None) -> LoadedModel: ...
 
 
+#: A loaded version of either family.
+Served = LoadedModel | LoadedEmotion
+
+
 @dataclass
 class ModelState:
     """What the admin service reports about one model name."""
 
     name: str
     state: str
-    serving: LoadedModel | None
-    draining: list[LoadedModel]
+    serving: Served | None
+    draining: list[Served]
     error: str = ""
 
 
@@ -73,6 +82,7 @@ class ModelRegistry:
         self._failed: dict[str, str] = {}
         self._open = 0
         self._accepting = True
+        self.a2e = A2ESlot(config.models_root, config.a2e_model)
 
     # -- loading -------------------------------------------------------------------------
     def load_all(self) -> None:
@@ -86,13 +96,13 @@ class ModelRegistry:
             log.warning("default model %r is not being served (models: %s)",
                         self.config.default_model, sorted(self._serving) or "none")
 
-    def load(self, folder: Path) -> LoadedModel | None:
+    def load(self, folder: Path) -> Served | None:
         """Load ``folder``, warm it up and install it for new streams; None (and logged) on
         failure."""
         try:
-            lm = self._loader(folder, self.config, self.metrics, engines=self.engines)
+            lm = self.load_version(folder.name, folder)
             try:
-                warm_up_model(lm)
+                lm.warm_up()
             except BaseException:
                 lm.close()
                 raise
@@ -100,14 +110,23 @@ class ModelRegistry:
             msg = err.message if isinstance(err, A2FError) else f"{type(err).__name__}: {err}"
             log.error("model %s: failed to load: %s", folder.name, msg,
                       exc_info=not isinstance(err, A2FError))
-            with self._lock:
-                self._failed[folder.name] = msg
+            self.record_failure(folder.name, msg)
             return None
         self.install(lm)
         return lm
 
-    def install(self, lm: LoadedModel) -> None:
+    def install(self, lm: Served) -> None:
         """Make ``lm`` take new streams of its name; the previous version drains."""
+        if isinstance(lm, LoadedEmotion):
+            idle = self.a2e.install(lm)
+            self.metrics.init_a2e(lm.name)
+            self.metrics.model_info.labels(lm.name, lm.version, lm.kind, lm.backend,
+                                           lm.fingerprint).set(1)
+            log.info("Audio2Emotion model %s version %s drives the emotion of new streams",
+                     lm.name, lm.version)
+            if idle is not None:
+                self._release_model(idle)
+            return
         with self._lock:
             old = self._serving.get(lm.name)
             self._serving[lm.name] = lm
@@ -125,7 +144,7 @@ class ModelRegistry:
         if to_close is not None:
             self._release_model(to_close)
 
-    def _release_model(self, lm: LoadedModel) -> None:
+    def _release_model(self, lm: Served) -> None:
         with contextlib.suppress(KeyError):
             self.metrics.model_info.remove(lm.name, lm.version, lm.kind, lm.backend,
                                            lm.fingerprint)
@@ -133,14 +152,22 @@ class ModelRegistry:
         trim_memory()
 
     # -- hot reload (server.reload.ModelReloader drives these) ----------------------------
-    def load_version(self, name: str, version_dir: Path) -> LoadedModel:
+    def load_version(self, name: str, version_dir: Path) -> Served:
         """Load one version of model ``name`` from its pinned directory (raises on failure;
-        the hot reloader warms it up)."""
+        the hot reloader warms it up). An A2E folder loads only when it is the server's A2E
+        model (``A2ENotSelectedError`` otherwise)."""
+        if model_family(version_dir) == "emotion":
+            self.a2e.check_selected(name)
+            return load_emotion_model(version_dir, self.config, self.metrics, name=name,
+                                      engines=self.engines)
         return self._loader(version_dir, self.config, self.metrics, name=name,
                             engines=self.engines)
 
     def serving_key(self, name: str) -> tuple[str, str] | None:
         """(version, engine fingerprint) of the version taking new streams of ``name``."""
+        key = self.a2e.serving_key(name)
+        if key is not None:
+            return key
         with self._lock:
             lm = self._serving.get(name)
             return None if lm is None else (lm.version, lm.fingerprint)
@@ -148,10 +175,16 @@ class ModelRegistry:
     def resident_versions(self, name: str) -> int:
         """Versions of ``name`` in memory: the serving one and those still draining."""
         with self._lock:
-            return int(name in self._serving) + len(self._draining.get(name, []))
+            return (int(name in self._serving) + len(self._draining.get(name, []))
+                    + self.a2e.resident_versions(name))
 
     def retire(self, name: str) -> bool:
         """``name`` takes no new streams; its open streams finish, then it is released."""
+        served, idle = self.a2e.retire(name)
+        if idle is not None:
+            self._release_model(idle)
+        if served:
+            return True
         with self._lock:
             lm = self._serving.pop(name, None)
             self._failed.pop(name, None)
@@ -168,6 +201,9 @@ class ModelRegistry:
     def record_failure(self, name: str, message: str) -> None:
         """A version of ``name`` failed to load; shown by the admin service while nothing
         of ``name`` is served."""
+        if self.a2e.holds(name) or model_family(self.config.models_root / name) == "emotion":
+            self.a2e.record_failure(name, message)
+            return
         with self._lock:
             if name not in self._serving:
                 self._failed[name] = message
@@ -226,6 +262,14 @@ class ModelRegistry:
         if done:
             self._release_model(lm)
 
+    def acquire_a2e(self) -> LoadedEmotion | None:
+        """The A2E version a new stream uses (release it when done), or None."""
+        return self.a2e.acquire()
+
+    def release_a2e(self, le: LoadedEmotion) -> None:
+        if self.a2e.release(le):
+            self._release_model(le)
+
     @property
     def open_streams(self) -> int:
         with self._lock:
@@ -249,16 +293,19 @@ class ModelRegistry:
                     state = "failed"
                 else:
                     state = "draining"
-                out.append(ModelState(n, state, s, d, self._failed.get(n, "")))
-            return out
+                out.append(ModelState(n, state, s, list(d), self._failed.get(n, "")))
+        for n, state, serving, draining, error in self.a2e.snapshot():
+            out.append(ModelState(n, state, serving, list(draining), error))
+        return out
 
     def close(self) -> None:
         """Release every loaded version (after the streams have ended)."""
         with self._lock:
-            models = list(self._serving.values())
+            models: list[Served] = list(self._serving.values())
             for d in self._draining.values():
                 models.extend(d)
             self._serving.clear()
             self._draining.clear()
+        models.extend(self.a2e.take_all())
         for lm in models:
             self._release_model(lm)

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from a2f_inference.server.engines import EngineChecker, EngineStatus
-from a2f_inference.server.warmup import HasRuntime, warm_up_model
 from a2f_volume import layout
 from a2f_volume.errors import A2FError
 from a2f_volume.versions import current_version, pin
@@ -58,12 +57,17 @@ def health_service_name(model: str) -> str:
     return HEALTH_PREFIX + model
 
 
-class Loaded(HasRuntime, Protocol):
-    """What the reloader needs of a loaded version (the registry's ``LoadedModel``)."""
+class Loaded(Protocol):
+    """What the reloader needs of a loaded version (the registry's ``LoadedModel`` or
+    ``LoadedEmotion``)."""
 
     name: str
     version: str
     fingerprint: str
+
+    def warm_up(self) -> int:
+        """Run the version once and check its output (raises when it is not sane)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -131,9 +135,10 @@ class ModelReloader(Generic[M]):
     """Watches ``models_root`` and hot-reloads model versions into ``target``.
 
     ``load(name, version_dir)`` loads one version (raising on failure); ``warm_up(lm)`` checks
-    it (raising on failure); ``check_engine(version_dir)`` says whether a valid engine exists
-    for this process (default :class:`EngineChecker`). ``require_built_engine`` False lets a
-    model that has nothing served yet start from ``network.onnx``. ``on_change(name,
+    it (raising on failure; default ``lm.warm_up()``); ``check_engine(version_dir)`` says
+    whether a valid engine exists for this process (default :class:`EngineChecker`).
+    ``require_built_engine`` False lets a model that has nothing served yet start from
+    ``network.onnx``. ``on_change(name,
     serving)`` is called after a model starts or stops being served (health updates).
 
     ``start()`` scans once and loads every model in the background; :meth:`wait_idle` blocks
@@ -147,7 +152,7 @@ class ModelReloader(Generic[M]):
         target: ReloadTarget[M],
         load: Callable[[str, Path], M],
         *,
-        warm_up: Callable[[M], object] = warm_up_model,
+        warm_up: Callable[[M], object] | None = None,
         check_engine: Callable[[Path], EngineStatus] | None = None,
         require_built_engine: bool = False,
         poll_interval_s: float = 5.0,
@@ -163,7 +168,7 @@ class ModelReloader(Generic[M]):
         self.models_root = Path(models_root)
         self._target = target
         self._load = load
-        self._warm_up = warm_up
+        self._warm_up: Callable[[M], object] = warm_up or _own_warm_up
         self._check_engine = check_engine or EngineChecker()
         self._require_built = require_built_engine
         self._max_resident = max_resident
@@ -430,6 +435,10 @@ class ModelReloader(Generic[M]):
                  else "the model is not served")
         log.error("model %s: failed to load version %s: %s; %s; retried when its files change",
                   name, version, reason, keeps, exc_info=not isinstance(err, A2FError))
+
+
+def _own_warm_up(lm: Loaded) -> int:
+    return lm.warm_up()
 
 
 class _Abandoned(Exception):

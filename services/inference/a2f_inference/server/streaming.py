@@ -21,10 +21,12 @@ from typing import Any, TypeAlias
 import grpc
 
 from a2f_inference.pipeline import StreamSession
+from a2f_inference.pipeline.emotion_aggregate import METADATA_KEY, TYPE_URL
 from a2f_inference.proto_gen.nvidia_ace import animation_pb2, audio_pb2, status_pb2
 from a2f_inference.proto_gen.nvidia_audio2face_3d import messages_pb2
 from a2f_inference.protocol import IDENTITY_METADATA, MODEL_METADATA, VERSION_METADATA
 from a2f_inference.server import params as stream_params
+from a2f_inference.server.a2e_model import LoadedEmotion
 from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.errors import to_status
 from a2f_inference.server.limits import (
@@ -82,6 +84,7 @@ class AudioStreamCall:
         self.metrics = metrics
         self.model: LoadedModel | None = None
         self.session: StreamSession | None = None
+        self.a2e: LoadedEmotion | None = None  # the A2E version of this stream, if any
         self.rate = 0
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -206,6 +209,9 @@ class AudioStreamCall:
             except Exception:
                 log.exception("closing a stream session failed")
             self.session = None
+        if self.a2e is not None:
+            self.registry.release_a2e(self.a2e)
+            self.a2e = None
         if lm is not None:
             self.metrics.active_streams.labels(lm.name).dec()
             self.metrics.streams.labels(lm.name, self._result).inc()
@@ -239,11 +245,14 @@ class AudioStreamCall:
         assert self.model is not None
         header = first.audio_stream_header
         self.rate = check_audio_header(header.audio_header)
+        self.a2e = self.registry.acquire_a2e()
         session = stream_params.open_session(
             self.model.runtime, header, identity=identity, input_rate=self.rate,
-            output_fps=self.config.output_fps, on_ready=self._on_ready)
+            output_fps=self.config.output_fps, on_ready=self._on_ready,
+            emotion_model=self.a2e.runtime if self.a2e is not None else None)
         self.session = session
-        self._lookahead_s = float(session.lookahead_s)
+        self._lookahead_s = max(float(session.lookahead_s),  # A2E: its centred window
+                                self.a2e.lookahead_s if self.a2e is not None else 0.0)
         names = list(session.blendshape_names)
         out_rate = int(session.output_rate)
         return Response(animation_data_stream_header=messages_pb2.A2F3DAnimationDataStreamHeader(
@@ -349,6 +358,7 @@ class AudioStreamCall:
             session = self.session
             assert session is not None
             frames = session.take_frames()
+            emotions = session.emotions
             sent = 0
             try:
                 for f in frames:
@@ -360,6 +370,9 @@ class AudioStreamCall:
                     bw.values.extend(_floats(f.weights))
                     data.audio.time_code = t
                     data.audio.audio_buffer = bytes(f.audio)
+                    agg = data.metadata[METADATA_KEY]
+                    agg.type_url = TYPE_URL
+                    agg.value = emotions.aggregate_bytes(f.index, t)
                     self._watch.write_started = time.monotonic()
                     yield msg
                     self._watch.write_started = None
