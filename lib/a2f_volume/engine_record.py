@@ -6,7 +6,10 @@
      "engine_sha256": "...", "engine_size": 123, "onnx_sha256": "...", "onnx_size": 456,
      "target_fingerprint": "0123abcd...", "target": {...every field...},
      "built_at": "2026-...Z", "build_seconds": 1.2, "verification": {...},
-     "trtexec_command": "trtexec --onnx=... (TensorRT only)"}
+     "trtexec_command": "trtexec --onnx=... (TensorRT only)", "source": "build"}
+
+``source`` says where the engine came from: ``build`` (built and verified here) or ``cache``
+(downloaded from the shared engine cache in S3, then verified here exactly like a build).
 
 An engine is valid (:func:`valid_engine`) only if all of these hold: the record parses and is
 of this format; it names this backend and this engine file; the ONNX beside it has exactly the
@@ -66,6 +69,7 @@ class EngineRecord:
     trtexec_command: str = ""
     builder: str = "a2f-engine-builder"
     format: int = RECORD_FORMAT
+    source: str = "build"
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -92,6 +96,7 @@ class EngineRecord:
         kwargs["verification"] = dict(doc.get("verification") or {})
         kwargs["trtexec_command"] = str(doc.get("trtexec_command") or "")
         kwargs["builder"] = str(doc.get("builder") or "")
+        kwargs["source"] = str(doc.get("source") or "build")
         return cls(**kwargs)
 
     def with_model(self, model: str) -> EngineRecord:

@@ -33,8 +33,9 @@ from pathlib import Path
 
 from a2f_engine.errors import EngineBuildError, EngineLoadError
 from a2f_engine.targets import Target
-from a2f_engine.verify import verify_engine
+from a2f_engine.verify import VerificationResult, verify_engine
 from a2f_engine_builder.backends import BuildBackend
+from a2f_engine_builder.engine_cache import RemoteEngineCache, RemoteRequest
 from a2f_engine_builder.metrics import BuilderMetrics
 from a2f_volume.engine_record import (
     EngineRecord,
@@ -178,6 +179,8 @@ class EngineBuilder:
         # Temporaries in the shared engine cache are removed only when this old (their
         # writer may live in another pid namespace, e.g. another pod on the same volume).
         self.cache_temp_age_s = 3600.0
+        # The shared engine cache in S3 (--engine-cache); None builds locally only.
+        self.remote_cache: RemoteEngineCache | None = None
 
     # -- public ------------------------------------------------------------------------
     def sweep_temps(self, folders: list[Path]) -> int:
@@ -245,6 +248,29 @@ class EngineBuilder:
             logger.exception("%s: unexpected error while building", name)
             return self._failed(name, folder, err, onnx_ident)
 
+    def verify_file(self, name: str, engine_path: Path, paths: ModelPaths) -> VerificationResult:
+        """Load ``engine_path`` and compare it with ONNX Runtime on the model's ONNX; raises
+        (EngineLoadError, VerificationError) when it does not match. Every engine is checked
+        this way before it is published, built here or downloaded from the shared cache."""
+        try:
+            engine = self.backend.load(engine_path, paths.folder)
+        except (EngineLoadError, EngineBuildError):
+            raise
+        except Exception as err:
+            raise EngineLoadError(f"cannot load the engine {engine_path.name}: {err}") from err
+        try:
+            with _progress(f"{name}: verification"):
+                verification = verify_engine(
+                    engine, paths.onnx, self.precision,
+                    opt_shapes=self.backend.opt_shapes(paths.folder))
+        finally:
+            engine.close()
+        self.metrics.verification_error.labels(name).set(verification.max_abs_error)
+        logger.info("%s: verified: max abs error %.3g (atol %g, rtol %g, batches %s)",
+                    name, verification.max_abs_error, verification.atol,
+                    verification.rtol, list(verification.batches))
+        return verification
+
     # -- internals ---------------------------------------------------------------------
     def _up_to_date(self, name: str, rec: EngineRecord, reason: str,
                     onnx_ident: str) -> Outcome:
@@ -282,9 +308,17 @@ class EngineBuilder:
             logger.info("%s: reusing cached engine %s (same ONNX bytes %s, same target %s)",
                         name, cached, onnx_sha[:12], target.fingerprint)
         else:
+            def build() -> None:
+                self._build_into_cache(name, folder, paths, target, onnx_sha, onnx_size,
+                                       cached, cached_rec_path)
+
             result = "built"
-            self._build_into_cache(name, folder, paths, target, onnx_sha, onnx_size, cached,
-                                   cached_rec_path)
+            if self.remote_cache is None:
+                build()
+            elif self.remote_cache.obtain(RemoteRequest(
+                    name, backend, onnx_sha, target.fingerprint, cached, cached_rec_path,
+                    verify=lambda path: self.verify_file(name, path, paths)), build):
+                result = "reused"
         # The ONNX must still be what the engine was built from (plain folders can change
         # in place; version directories never do).
         if self.hash_cache.sha256(paths.onnx) != onnx_sha:
@@ -321,23 +355,7 @@ class EngineBuilder:
             build_s = time.monotonic() - t0
             logger.info("%s: %s build finished in %.1fs; verifying against ONNX Runtime",
                         name, label, build_s)
-            try:
-                engine = self.backend.load(tmp, paths.folder)
-            except (EngineLoadError, EngineBuildError):
-                raise
-            except Exception as err:
-                raise EngineLoadError(f"cannot load the new engine: {err}") from err
-            try:
-                with _progress(f"{name}: verification"):
-                    verification = verify_engine(
-                        engine, paths.onnx, self.precision,
-                        opt_shapes=self.backend.opt_shapes(paths.folder))
-            finally:
-                engine.close()
-            self.metrics.verification_error.labels(name).set(verification.max_abs_error)
-            logger.info("%s: verified: max abs error %.3g (atol %g, rtol %g, batches %s)",
-                        name, verification.max_abs_error, verification.atol,
-                        verification.rtol, list(verification.batches))
+            verification = self.verify_file(name, tmp, paths)
             _fsync_file(tmp)
             engine_sha = self.hash_cache.sha256(tmp)
             total_s = time.monotonic() - t0

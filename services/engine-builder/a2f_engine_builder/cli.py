@@ -23,6 +23,7 @@ from a2f_engine.targets import choose_backend
 from a2f_engine_builder.backends import make_backend
 from a2f_engine_builder.builder import EngineBuilder
 from a2f_engine_builder.config import BACKEND_CHOICES, BuilderConfig
+from a2f_engine_builder.engine_cache import RemoteEngineCache
 from a2f_engine_builder.metrics import BuilderMetrics
 from a2f_engine_builder.watcher import BuildDaemon
 from a2f_volume.hashing import HashCache
@@ -69,6 +70,11 @@ def parse_args(argv: Sequence[str] | None, base: BuilderConfig) -> BuilderConfig
                    help=f"ONNX Runtime threads, 0 = all (env {env('ort_threads')})")
     p.add_argument("--log-level", default=base.log_level,
                    help=f"logging level (env {env('log_level')}; default %(default)s)")
+    p.add_argument("--engine-cache", default=base.engine_cache, metavar="s3://BUCKET/PREFIX",
+                   help=f"shared engine cache in S3 (env {env('engine_cache')}; default off)")
+    p.add_argument("--engine-cache-endpoint-url", default=base.engine_cache_endpoint_url,
+                   help=f"S3 endpoint of the engine cache (env "
+                        f"{env('engine_cache_endpoint_url')}; default AWS)")
     a = p.parse_args(argv)
     try:
         return BuilderConfig(
@@ -77,7 +83,8 @@ def parse_args(argv: Sequence[str] | None, base: BuilderConfig) -> BuilderConfig
             poll_interval_s=a.poll_interval_s, inotify=a.inotify, debounce_s=a.debounce_s,
             backoff_initial_s=a.backoff_initial_s, backoff_max_s=a.backoff_max_s,
             metrics_port=a.metrics_port, metrics_host=a.metrics_host,
-            ort_threads=a.ort_threads, log_level=a.log_level)
+            ort_threads=a.ort_threads, log_level=a.log_level, engine_cache=a.engine_cache,
+            engine_cache_endpoint_url=a.engine_cache_endpoint_url)
     except ValueError as err:
         p.error(str(err))
         raise  # unreachable: p.error exits
@@ -136,6 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.info("metrics on http://%s:%d/metrics", cfg.metrics_host, cfg.metrics_port)
     cache = HashCache(hash_cache_path(cfg.models_root))
     builder = EngineBuilder(cfg.models_root, backend, cache, metrics)
+    if cfg.engine_cache:
+        builder.remote_cache = RemoteEngineCache(
+            cfg.engine_cache, metrics.registry,
+            endpoint_url=cfg.engine_cache_endpoint_url or None)
+        logger.info("shared engine cache: %s", cfg.engine_cache)
 
     if cfg.once:
         rc = run_once(builder, cfg.skip_build, cfg.force_rebuild)
@@ -148,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         logger.info("signal %d: stopping", signum)
         stop.set()
+        if builder.remote_cache is not None:
+            builder.remote_cache.stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

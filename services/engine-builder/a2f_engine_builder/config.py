@@ -43,6 +43,10 @@ class BuilderConfig:
     metrics_host: bind address for metrics. Default ``0.0.0.0``.
     ort_threads: ONNX Runtime intra-op threads for build and verification (0 = all cores).
     log_level: ``INFO`` by default.
+    engine_cache: shared engine cache ``s3://BUCKET/PREFIX`` (empty: off). Before building,
+        an engine for the same ONNX bytes and target is downloaded from there and verified;
+        after a local build the engine is uploaded. Default off.
+    engine_cache_endpoint_url: S3 endpoint of the engine cache (MinIO, ...); empty: AWS.
     """
 
     models_root: Path = Path("/data/models")
@@ -60,6 +64,8 @@ class BuilderConfig:
     metrics_host: str = "0.0.0.0"
     ort_threads: int = 0
     log_level: str = "INFO"
+    engine_cache: str = ""
+    engine_cache_endpoint_url: str = ""
 
     def __post_init__(self) -> None:
         self.models_root = Path(self.models_root)
@@ -76,6 +82,8 @@ class BuilderConfig:
             raise ValueError("backoff_max_s must be >= backoff_initial_s")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port {self.metrics_port} is not a TCP port (0 disables)")
+        if self.engine_cache and not self.engine_cache.startswith("s3://"):
+            raise ValueError(f"engine_cache {self.engine_cache!r}: expected s3://BUCKET/PREFIX")
         if self.ort_threads < 0:
             raise ValueError(f"ort_threads must be >= 0, got {self.ort_threads}")
 
