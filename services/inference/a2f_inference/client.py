@@ -256,8 +256,12 @@ def write_outputs(result: StreamResult, out_dir: Path, audio_rate: int) -> None:
 async def run_client(wav: Path, server: str, *, model: str | None = None,
                      identity: str | None = None, emotions: Sequence[EmotionKey] = (),
                      face_params: dict[str, float] | None = None, out: Path = Path("."),
-                     quiet: bool = False, realtime: bool = False) -> tuple[StreamResult, Path]:
-    """Stream one WAV file and write the outputs; returns the result and the output folder."""
+                     quiet: bool = False, realtime: bool = False,
+                     lb_policy: str | None = None) -> tuple[StreamResult, Path]:
+    """Stream one WAV file and write the outputs; returns the result and the output folder.
+
+    ``server`` is HOST:PORT or any gRPC target (``dns:///name:port``); ``lb_policy``
+    (``round_robin``) spreads the channel's calls over every address the name resolves to."""
     pcm, rate = read_wav(wav)
     requests = build_requests(pcm, rate, emotions=emotions, face_params=face_params)
     seconds = len(pcm) / 2 / rate
@@ -271,7 +275,8 @@ async def run_client(wav: Path, server: str, *, model: str | None = None,
             print(f"  {len(r.time_codes)} frames received, up to {t:.2f}s of {seconds:.2f}s",
                   flush=True)
 
-    async with grpc.aio.insecure_channel(server) as channel:
+    options = [("grpc.lb_policy_name", lb_policy)] if lb_policy else []
+    async with grpc.aio.insecure_channel(server, options=options) as channel:
         stub = audio2face_pb2_grpc.A2FControllerServiceStub(channel)
         if not quiet:
             print(f"streaming {wav} ({seconds:.2f}s at {rate} Hz) to {server}", flush=True)
@@ -305,7 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="a2f-client", description="Stream a 16-bit mono WAV through an Audio2Face-3D "
         "server and save the animation (animation_frames.csv) and audio (out.wav).")
     p.add_argument("wav", type=Path, help="16-bit mono PCM WAV file")
-    p.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT (default %(default)s)")
+    p.add_argument("--server", default="127.0.0.1:50051",
+                   help="HOST:PORT or a gRPC target such as dns:///a2f-grpc-server-lb:50051 "
+                        "(default %(default)s)")
+    p.add_argument("--lb-policy", choices=("pick_first", "round_robin"),
+                   help="gRPC load-balancing policy; round_robin with a dns:/// target spreads "
+                        "streams over every ready server (default: gRPC's pick_first)")
     p.add_argument("--model", help="model folder name (request metadata x-a2f-model)")
     p.add_argument("--identity", help="identity of a multi-identity model (x-a2f-identity)")
     p.add_argument("--emotion", action="append", type=EmotionKey.parse, default=[],
@@ -327,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result, _ = asyncio.run(run_client(
             args.wav, args.server, model=args.model, identity=args.identity,
             emotions=args.emotion, face_params=dict(args.face_param), out=args.out,
-            quiet=args.quiet, realtime=args.realtime))
+            quiet=args.quiet, realtime=args.realtime, lb_policy=args.lb_policy))
     except (WavFormatError, FileNotFoundError) as err:
         print(f"a2f-client: {err}", file=sys.stderr)
         return 2
