@@ -11,7 +11,9 @@
 #   4. brings up compose.yaml + compose.cpu.yaml (+ a generated override naming the stand-ins),
 #      waits for the server to become healthy, streams a spoken WAV through a2f-client over
 #      127.0.0.1, checks the frames, and checks that Prometheus scraped all three services;
-#   5. tears everything down (trap), printing the services' logs when a step failed.
+#   5. scales inference to two replicas (compose.replicas.yaml) and proves that 20 streams over
+#      one client channel land on both (tests/deploy/test_deploy_replicas.py);
+#   6. tears everything down (trap), printing the services' logs when a step failed.
 # Prints the wall time of each step and of the whole stage.
 #
 # Usage: scripts/ci-deploy.sh            (from anywhere; needs root or sudo for apt/dockerd)
@@ -91,6 +93,7 @@ step_end
 step_start "compose files"
 docker-compose -f compose.yaml -f compose.override.yaml config -q  # GPU (= plain `up`)
 docker-compose -f compose.yaml -f compose.cpu.yaml config -q    # CPU variant
+docker-compose -f compose.yaml -f compose.cpu.yaml -f compose.replicas.yaml --profile check config -q
 step_end
 
 # ---------------------------------------------------------------------------------------
@@ -246,6 +249,13 @@ EOF
   [ "$(date +%s)" -lt "$deadline" ] || { log "Prometheus did not see all three services"; exit 1; }
   sleep 3
 done
+step_end
+
+step_start "two inference replicas: one channel spreads its streams"
+# compose.replicas.yaml scales inference to 2; 20 streams over one dns:/// round_robin channel
+# must land on both (tests/deploy/test_deploy_replicas.py, marker docker).
+A2F_CI_COMPOSE_PROJECT=$PROJECT A2F_CI_COMPOSE_FILES="compose.yaml:compose.cpu.yaml:$WORK/compose.ci.yaml" \
+  timeout 1200 .venv/bin/pytest -q -p no:cacheprovider -s -m docker tests/deploy/test_deploy_replicas.py
 step_end
 
 FAILED=0

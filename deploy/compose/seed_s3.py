@@ -25,8 +25,9 @@ from a2f_standin.generate import generate
 
 log = logging.getLogger("a2f.seed_s3")
 
-# model folder name -> stand-in kind. multi-diffusion is the server's default model.
-STANDIN_MODELS = {"multi-diffusion": "diffusion"}
+# model folder name -> stand-in kind. multi-diffusion is the server's default model; a23 is
+# the regression model of the seed's volume.
+STANDIN_MODELS = {"multi-diffusion": "diffusion", "a23": "regression"}
 
 
 def _wait_for_s3(client: Any, endpoint: str, timeout_s: float = 60.0) -> None:

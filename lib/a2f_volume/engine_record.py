@@ -6,7 +6,10 @@
      "engine_sha256": "...", "engine_size": 123, "onnx_sha256": "...", "onnx_size": 456,
      "target_fingerprint": "0123abcd...", "target": {...every field...},
      "built_at": "2026-...Z", "build_seconds": 1.2, "verification": {...},
-     "trtexec_command": "trtexec --onnx=... (TensorRT only)"}
+     "trtexec_command": "trtexec --onnx=... (TensorRT only)", "source": "build"}
+
+``source`` says where the engine came from: ``build`` (built and verified here) or ``cache``
+(downloaded from the shared engine cache in S3, then verified here exactly like a build).
 
 An engine is valid (:func:`valid_engine`) only if all of these hold: the record parses and is
 of this format; it names this backend and this engine file; the ONNX beside it has exactly the
@@ -69,6 +72,7 @@ class EngineRecord:
     #: the engine runs a composed serving graph: its description (``ServingGraphInfo``
     #: JSON); empty for an engine of the unmodified network
     serving_graph: Mapping[str, Any] = field(default_factory=dict)
+    source: str = "build"
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -100,6 +104,7 @@ class EngineRecord:
         if not isinstance(serving, Mapping):
             raise ValueError(f"record field 'serving_graph' is {serving!r}, expected an object")
         kwargs["serving_graph"] = dict(serving)
+        kwargs["source"] = str(doc.get("source") or "build")
         return cls(**kwargs)
 
     def with_model(self, model: str) -> EngineRecord:

@@ -120,3 +120,31 @@ def test_dockerfiles_take_the_base_image_as_argument_and_run_unprivileged() -> N
             assert "debian" in default and "onnxruntime" not in deps
         else:
             assert "nvcr.io/nvidia/tensorrt" in default, name
+
+
+def test_replicas_file_scales_inference_behind_one_name_on_loopback_ports() -> None:
+    """compose.replicas.yaml: two inference replicas, each published on a free 127.0.0.1 port
+    (empty A2F_GRPC_PORT / A2F_METRICS_PORT), and the replica-check service."""
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.fail("docker-compose not found: scripts/install-system-deps.sh installs it")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("A2F_", "COMPOSE_"))}
+    env.update(A2F_GRPC_PORT="", A2F_METRICS_PORT="")
+    args = [exe, "-f", "compose.yaml", "-f", "compose.cpu.yaml", "-f", "compose.replicas.yaml",
+            "--profile", "check"]
+    services = yaml.safe_load(run([*args, "config"], env=env).stdout)["services"]
+    inference = services["inference"]
+    assert inference["scale"] == 2
+    ports = inference["ports"]
+    assert {p.split("/")[0] if isinstance(p, str) else f"{p.get('host_ip')}::{p['target']}"
+            for p in ports} == {"127.0.0.1::50051", "127.0.0.1::9101"}
+    check = services["replica-check"]
+    assert check["image"] == inference["image"]
+    assert check["environment"]["GRPC_DNS_RESOLVER"] == "native"
+    assert check["depends_on"]["inference"]["condition"] == "service_healthy"
+    assert ("./deploy/compose/replica_spread.py" in str(check["volumes"])
+            or str(ROOT / "deploy/compose/replica_spread.py") in str(check["volumes"]))
+    # Without the replicas file the seed's fixed ports stay.
+    plain = compose_config(CPU_FILES)["services"]["inference"]["ports"]
+    assert any("50051:50051" in (p if isinstance(p, str) else f"{p['published']}:{p['target']}")
+               for p in plain)

@@ -97,9 +97,17 @@ def test_gpu_overlays_keep_the_seed_promises(rendered: dict[str, Path], name: st
     (vct,) = sts["spec"]["volumeClaimTemplates"]
     assert vct["metadata"]["name"] == "model-data"
     assert vct["spec"]["resources"]["requests"]["storage"] == "50Gi"
-    assert vct["spec"]["storageClassName"] in ("gp2", "gp3")
+    assert vct["spec"]["storageClassName"] in ("gp2", "a2f-gp3")
     pdb = find(objs, "PodDisruptionBudget", f"{SERVER}-pdb")
     assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    env = find(objs, "ConfigMap", _container(pod, "inference")["envFrom"][0]["configMapRef"]
+               ["name"])["data"]
+    # A GPU pod never serves on the CPU: TensorRT only, built engines only.
+    assert env["A2F_ENGINE_BUILDER_BACKEND"] == "tensorrt"
+    assert env["A2F_INFERENCE_ENGINE_POLICY"] == "require-tensorrt"
+    assert env["A2F_ENGINE_BUILDER_ENGINE_CACHE"].startswith("s3://")
     svc = find(objs, "Service", SERVER)
     assert svc["spec"]["type"] == "ClusterIP"
     assert {p["port"] for p in svc["spec"]["ports"]} >= {50051, 9101}
@@ -139,7 +147,10 @@ def test_three_containers_share_the_volume_with_probes(rendered: dict[str, Path]
     # Long enough for a first TensorRT build (the seed allowed 10 minutes).
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 1200
     assert inference["readinessProbe"]["grpc"]["port"] == 50051
-    assert inference["livenessProbe"]["grpc"]["port"] == 50051
+    # Liveness differs from readiness: an unready server (default model missing) is not
+    # restarted.
+    assert inference["livenessProbe"] != inference["readinessProbe"]
+    assert inference["livenessProbe"]["tcpSocket"]["port"] == "grpc"
     assert inference["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
     cm_name = inference["envFrom"][0]["configMapRef"]["name"]
     env = find(objs, "ConfigMap", cm_name)["data"]
@@ -151,7 +162,68 @@ def test_three_containers_share_the_volume_with_probes(rendered: dict[str, Path]
     assert env["A2F_MODEL_PATH"] == "/data/models/multi-diffusion/model.json"
     assert env["A2F_MODEL_SYNC_SOURCE"] == "s3://avadot/a2f-models/"
     sa = find(objs, "ServiceAccount", pod["serviceAccountName"])
-    assert "eks.amazonaws.com/role-arn" in sa["metadata"]["annotations"]
+    arn = sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+    if name != "overlays/cpu-dev":
+        assert re.fullmatch(r"arn:aws:iam::\d{12}:role/[\w+=,.@-]+", arn), arn
+    # The replacement's source is local-config: never deployed.
+    assert not [o for o in objs if o["metadata"]["name"] == "a2f-deploy-settings"]
+
+
+@pytest.mark.parametrize("name", list(OVERLAYS)[:4])
+def test_balancing_service_lists_ready_pods_only(rendered: dict[str, Path], name: str) -> None:
+    objs = _objs(rendered, name)
+    lb = find(objs, "Service", f"{SERVER}-lb")
+    assert lb["spec"]["clusterIP"] == "None"
+    assert lb["spec"]["publishNotReadyAddresses"] is False
+    assert [p["port"] for p in lb["spec"]["ports"]] == [50051]
+    assert lb["spec"]["selector"] == {"app": SERVER}
+    # The seed's names keep working.
+    assert find(objs, "Service", SERVER)["spec"]["type"] == "ClusterIP"
+    headless = find(objs, "Service", f"{SERVER}-headless")
+    assert find(objs, "StatefulSet", SERVER)["spec"]["serviceName"] == \
+        headless["metadata"]["name"]
+
+
+def test_g5_brings_its_gp3_storage_class(rendered: dict[str, Path]) -> None:
+    objs = _objs(rendered, "overlays/g5")
+    sts = find(objs, "StatefulSet", SERVER)
+    cls = sts["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"]
+    sc = find(objs, "StorageClass", cls)
+    assert sc["provisioner"] == "ebs.csi.aws.com" and sc["parameters"]["type"] == "gp3"
+    assert sc["volumeBindingMode"] == "WaitForFirstConsumer"
+
+
+def _with_component(tmp_path: Path, overlay: str, component: str) -> list[dict[str, Any]]:
+    rel = Path(os.path.relpath(K8S, tmp_path))
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{rel / overlay}]\n"
+        f"components: [{rel / component}]\n", encoding="utf-8")
+    return docs(render(tmp_path))
+
+
+def test_autoscaling_component_scales_on_streams_and_drains(
+        tmp_path: Path, tools_venv: Path) -> None:
+    objs = _with_component(tmp_path, "overlays/g4dn", "components/autoscaling")
+    hpa = find(objs, "HorizontalPodAutoscaler", SERVER)
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet",
+                                             "name": SERVER}
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["pods"]["metric"]["name"] == "a2f_inference_active_streams"
+    down = hpa["spec"]["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] >= 300
+    sts = find(objs, "StatefulSet", SERVER)
+    assert "replicas" not in sts["spec"], "the HPA owns the replica count"
+    pod = sts["spec"]["template"]["spec"]
+    inference = _container(pod, "inference")
+    env = find(objs, "ConfigMap", inference["envFrom"][0]["configMapRef"]["name"])["data"]
+    drain = float(env["A2F_INFERENCE_GRACE_S"]) + \
+        inference["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert drain >= 600 and pod["terminationGracePeriodSeconds"] > drain
+    out = tmp_path / "out.yaml"
+    out.write_text(render(tmp_path), encoding="utf-8")
+    proc = run([str(tools_venv / "kubernetes-validate"), "--strict", "-k", "1.30.0", str(out)])
+    assert "ERROR" not in proc.stdout
 
 
 @pytest.mark.parametrize("name", ["overlays/g4dn", "overlays/g5"])
@@ -195,8 +267,35 @@ def test_cpu_dev_overlay_has_no_gpu(rendered: dict[str, Path]) -> None:
     sts = find(objs, "StatefulSet", SERVER)
     assert sts["spec"]["replicas"] == 1
     assert "storageClassName" not in sts["spec"]["volumeClaimTemplates"][0]["spec"]
-    env = find(objs, "ConfigMap")["data"]
+    env = find(objs, "ConfigMap", _container(pod, "inference")["envFrom"][0]["configMapRef"]
+               ["name"])["data"]
     assert env["A2F_ENGINE_BUILDER_BACKEND"] == "onnxruntime"
+
+
+def test_cpu_dev_is_self_contained_and_drainable(rendered: dict[str, Path]) -> None:
+    objs = _objs(rendered, "overlays/cpu-dev")
+    pod = _pod(objs)
+    env = find(objs, "ConfigMap", _container(pod, "inference")["envFrom"][0]["configMapRef"]
+               ["name"])["data"]
+    minio = find(objs, "Service", "a2f-minio")
+    assert env["A2F_MODEL_SYNC_ENDPOINT_URL"] == "http://a2f-minio:9000"
+    assert env["A2F_ENGINE_BUILDER_ENGINE_CACHE_ENDPOINT_URL"] == "http://a2f-minio:9000"
+    assert minio["spec"]["ports"][0]["port"] == 9000
+    deploy = find(objs, "Deployment", "a2f-minio")
+    assert deploy["spec"]["template"]["metadata"]["labels"] == minio["spec"]["selector"]
+    secrets = [o for o in objs if o["kind"] == "Secret"]
+    (secret,) = secrets
+    assert {"credentials", "root-user", "root-password"} <= set(secret["data"])
+    # Every pod that talks to S3 mounts that Secret (as files, not environment variables).
+    for c in (_container(pod, "model-sync"), _container(pod, "engine-builder")):
+        assert any(m["mountPath"] == "/run/secrets/a2f-s3" for m in c["volumeMounts"]), c["name"]
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["s3-credentials"]["secret"]["secretName"] == secret["metadata"]["name"]
+    assert env["AWS_SHARED_CREDENTIALS_FILE"] == "/run/secrets/a2f-s3/credentials"
+    job = find(objs, "Job", "a2f-minio-init")
+    assert "create_bucket" in job["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    pdb = find(objs, "PodDisruptionBudget", f"{SERVER}-pdb")
+    assert "minAvailable" not in pdb["spec"] and pdb["spec"]["maxUnavailable"] == 1
 
 
 def test_monitoring_component_renders_with_an_overlay(tmp_path: Path) -> None:

@@ -54,6 +54,8 @@ def test_seed_fills_an_empty_prefix_once_and_then_leaves_it(s3_endpoint: str) ->
     first = _keys(s3_endpoint)
     assert "a2f-models/multi-diffusion/model.json" in first
     assert "a2f-models/multi-diffusion/network.onnx" in first
+    # compose.yaml promises both stand-ins.
+    assert "a2f-models/a23/model.json" in first and "a2f-models/a23/network.onnx" in first
     proc = run([sys.executable, str(SCRIPT)], env=_env(s3_endpoint, A2F_STANDIN_SIZE="full"),
                timeout=120)
     assert "leaving them as they are" in proc.stderr

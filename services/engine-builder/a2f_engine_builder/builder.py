@@ -38,11 +38,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from a2f_engine.errors import EngineBuildError, EngineLoadError
+from a2f_engine.serving_graph import ServingGraphInfo
+from a2f_engine.serving_plan import info_from_record
 from a2f_engine.targets import Target, target_precision
-from a2f_engine.verify import verify_engine
+from a2f_engine.verify import VerificationResult, verify_engine
 from a2f_engine_builder.backends import BuildBackend
+from a2f_engine_builder.engine_cache import RemoteEngineCache, RemoteRequest
 from a2f_engine_builder.metrics import BuilderMetrics
-from a2f_engine_builder.serving import ServingComposer, ServingPlan
+from a2f_engine_builder.serving import ServingCheck, ServingComposer, ServingPlan
 from a2f_volume.engine_cache import (
     DEFAULT_KEEP_UNREFERENCED,
     collect_cached_engines,
@@ -71,6 +74,9 @@ from a2f_volume.publish import atomic_write_text, fsync_dir
 from a2f_volume.versions import pin
 
 logger = logging.getLogger(__name__)
+
+#: what verifying an engine reports: the plain network's check or the serving graph's
+Verification = VerificationResult | ServingCheck
 
 _OUR_TEMP = re.compile(r"\.a2f-tmp-(\d+)-[0-9a-f]+(\.[a-z]+)?$")
 # When this process started: a temp name carrying our pid but older than this was written by
@@ -209,6 +215,8 @@ class EngineBuilder:
         # Temporaries in the shared engine cache are removed only when this old (their
         # writer may live in another pid namespace, e.g. another pod on the same volume).
         self.cache_temp_age_s = 3600.0
+        # The shared engine cache in S3 (--engine-cache); None builds locally only.
+        self.remote_cache: RemoteEngineCache | None = None
 
     # -- public ------------------------------------------------------------------------
     def sweep_temps(self, folders: list[Path]) -> int:
@@ -292,6 +300,34 @@ class EngineBuilder:
             logger.exception("%s: unexpected error while building", name)
             return self._failed(name, folder, err, onnx_ident)
 
+    def verify_file(self, name: str, engine_path: Path, paths: ModelPaths, target: Target,
+                    plan: ServingPlan | None = None, serving: ServingGraphInfo | None = None
+                    ) -> Verification:
+        """Load ``engine_path`` and compare it with ONNX Runtime on the model's ONNX (the
+        serving graph ``serving`` of ``plan``: with its post-processing products); raises
+        (EngineLoadError, VerificationError) when it does not match. Every engine is checked
+        this way before it is published, built here or downloaded from the shared cache."""
+        try:
+            engine = self.backend.load(engine_path, paths.folder)
+        except (EngineLoadError, EngineBuildError):
+            raise
+        except Exception as err:
+            raise EngineLoadError(f"cannot load the engine {engine_path.name}: {err}") from err
+        try:
+            with _progress(f"{name}: verification"):
+                verification: Verification = (
+                    self.serving.verify(engine, plan, serving, target_precision(target))
+                    if plan is not None and serving is not None else verify_engine(
+                        engine, paths.onnx, target_precision(target),
+                        opt_shapes=self.backend.opt_shapes(paths.folder)))
+        finally:
+            engine.close()
+        self.metrics.verification_error.labels(name).set(verification.max_abs_error)
+        logger.info("%s: verified: max abs error %.3g (atol %g, rtol %g, batches %s)",
+                    name, verification.max_abs_error, verification.atol,
+                    verification.rtol, list(verification.batches))
+        return verification
+
     # -- internals ---------------------------------------------------------------------
     def _serving_ok(self, paths: ModelPaths, name: str, rec: EngineRecord) -> bool:
         """The engine is the serving-graph composition this builder wants (or the plain
@@ -351,9 +387,24 @@ class EngineBuilder:
             logger.info("%s: reusing cached engine %s (same ONNX bytes %s, same target %s)",
                         name, cached, onnx_sha[:12], target.fingerprint)
         else:
+            def build() -> None:
+                self._build_into_cache(name, folder, paths, target, onnx_sha, onnx_size,
+                                       cached, cached_rec_path, plan)
+
+            def verify_download(path: Path, rec: EngineRecord) -> Verification:
+                if not self.serving.accepts(rec, plan):
+                    raise ValueError("its serving graph is not the one this builder composes")
+                info = info_from_record(rec.serving_graph) if plan is not None else None
+                return self.verify_file(name, path, paths, target, plan, info)
+
             result = "built"
-            self._build_into_cache(name, folder, paths, target, onnx_sha, onnx_size, cached,
-                                   cached_rec_path, plan)
+            if self.remote_cache is None:
+                build()
+            elif self.remote_cache.obtain(RemoteRequest(
+                    name, backend, onnx_sha, target.fingerprint, cached, cached_rec_path,
+                    verify=verify_download,
+                    cache_key=self.serving.cache_key(onnx_sha, plan)), build):
+                result = "reused"
         # The ONNX must still be what the engine was built from (plain folders can change
         # in place; version directories never do).
         if self.hash_cache.sha256(paths.onnx) != onnx_sha:
@@ -394,25 +445,7 @@ class EngineBuilder:
             build_s = time.monotonic() - t0
             logger.info("%s: %s build finished in %.1fs; verifying against ONNX Runtime",
                         name, label, build_s)
-            try:
-                engine = self.backend.load(tmp, paths.folder)
-            except (EngineLoadError, EngineBuildError):
-                raise
-            except Exception as err:
-                raise EngineLoadError(f"cannot load the new engine: {err}") from err
-            try:
-                with _progress(f"{name}: verification"):
-                    verification = (self.serving.verify(
-                        engine, plan, serving, target_precision(target))
-                        if plan is not None and serving is not None else verify_engine(
-                        engine, paths.onnx, target_precision(target),
-                        opt_shapes=self.backend.opt_shapes(paths.folder)))
-            finally:
-                engine.close()
-            self.metrics.verification_error.labels(name).set(verification.max_abs_error)
-            logger.info("%s: verified: max abs error %.3g (atol %g, rtol %g, batches %s)",
-                        name, verification.max_abs_error, verification.atol,
-                        verification.rtol, list(verification.batches))
+            verification = self.verify_file(name, tmp, paths, target, plan, serving)
             _fsync_file(tmp)
             engine_sha = self.hash_cache.sha256(tmp)
             total_s = time.monotonic() - t0

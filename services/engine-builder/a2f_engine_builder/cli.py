@@ -25,6 +25,7 @@ from a2f_engine.targets import choose_backend
 from a2f_engine_builder.backends import make_backend
 from a2f_engine_builder.builder import EngineBuilder
 from a2f_engine_builder.config import ENV, BuilderConfig
+from a2f_engine_builder.engine_cache import RemoteEngineCache
 from a2f_engine_builder.metrics import BuilderMetrics
 from a2f_engine_builder.serving import ServingComposer
 from a2f_engine_builder.watcher import BuildDaemon
@@ -55,6 +56,8 @@ FLAG_HELP = {
     "log_level": "logging level (default INFO)",
     "engine_cache_keep": "cached engines no version uses, kept for rollbacks (default 1)",
     "sweep_interval_s": "period of the sweep of crashed writers' temp files (default 600)",
+    "engine_cache": "shared engine cache s3://BUCKET/PREFIX (default off)",
+    "engine_cache_endpoint_url": "S3 endpoint of the engine cache (default AWS)",
 }
 
 
@@ -147,6 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                             engine_cache_keep=cfg.engine_cache_keep,
                             serving=ServingComposer(cfg.diffusion_noise,
                                                     cfg.diffusion_noise_seed))
+    if cfg.engine_cache:
+        builder.remote_cache = RemoteEngineCache(
+            cfg.engine_cache, metrics.registry,
+            endpoint_url=cfg.engine_cache_endpoint_url or None)
+        logger.info("shared engine cache: %s", cfg.engine_cache)
 
     if cfg.once:
         rc = run_once(builder, cfg.skip_build, cfg.force_rebuild)
@@ -159,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         logger.info("signal %d: stopping", signum)
         stop.set()
+        if builder.remote_cache is not None:
+            builder.remote_cache.stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -64,6 +64,10 @@ class BuilderConfig:
         ``model=policy`` overrides (``constant`` or ``fresh``; docs/serving-graph.md).
         Default ``constant``.
     diffusion_noise_seed: seed of the noise used to verify serving graphs. Default 0.
+    engine_cache: shared engine cache ``s3://BUCKET/PREFIX`` (empty: off). Before building,
+        an engine for the same ONNX bytes and target is downloaded from there and verified;
+        after a local build the engine is uploaded. Default off.
+    engine_cache_endpoint_url: S3 endpoint of the engine cache (MinIO, ...); empty: AWS.
     """
 
     models_root: Path = Path("/data/models")
@@ -85,6 +89,8 @@ class BuilderConfig:
     sweep_interval_s: float = 600.0
     diffusion_noise: str = "constant"
     diffusion_noise_seed: int = 0
+    engine_cache: str = ""
+    engine_cache_endpoint_url: str = ""
 
     def __post_init__(self) -> None:
         self.models_root = Path(self.models_root)
@@ -105,6 +111,8 @@ class BuilderConfig:
                              "(off), 0 (any free port) .. 65535")
         if self.engine_cache_keep < 0:
             raise ValueError(f"engine_cache_keep must be >= 0, got {self.engine_cache_keep}")
+        if self.engine_cache and not self.engine_cache.startswith("s3://"):
+            raise ValueError(f"engine_cache {self.engine_cache!r}: expected s3://BUCKET/PREFIX")
         if self.ort_threads < 0:
             raise ValueError(f"ort_threads must be >= 0, got {self.ort_threads}")
         try:

@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(a2e_emotion_output.csv, a2f_smoothed_emotion_output.csv, a2f_input_emotions.csv).")
     p.add_argument("wav", type=Path, help="16-bit mono PCM WAV file")
     p.add_argument("--server", default="127.0.0.1:50051",
-                   help="HOST:PORT, or a gRPC target such as dns:///a2f-inference-headless:50051 "
+                   help="HOST:PORT, or a gRPC target such as dns:///a2f-grpc-server-lb:50051 "
                    "(default %(default)s)")
     p.add_argument("--lb-policy", choices=LB_POLICIES, default=None,
                    help="client-side load balancing over the addresses the server name "
