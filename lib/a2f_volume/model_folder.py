@@ -636,6 +636,11 @@ def _emotions(
 
 def _audio(ctx: _Ctx, src: Path, info: Mapping[str, Any], kind: ModelKind) -> AudioParams:
     ap = _param(ctx, src, info, "audio_params")
+    nested = isinstance(info.get("params"), Mapping) and "audio_params" in info["params"]
+    logger.debug(
+        "%s: audio_params read %s", src,
+        "under params (older layout)" if nested else "at the top level (NVIDIA's layout)",
+    )  # fmt: skip
     if not isinstance(ap, Mapping):
         raise ctx.fail(src, "audio_params", _short(ap), "an object")
 
