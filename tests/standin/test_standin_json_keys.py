@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from a2f_standin import generate
+from a2f_standin.emotion import generate_emotion
 from a2f_volume.model_folder import load_model_folder
 
 TRT_INFO_KEYS = frozenset({"trt_build_param", "defaults", "estimated_build_time_s"})
@@ -68,6 +69,16 @@ STANDINS: dict[str, StandinKeys] = {
             "network_info.json": NETWORK_INFO_KEYS,
             "model_config_*.json": frozenset({"config"}),
             "bs_*_config_*.json": frozenset({"blendshape_params"}),
+            "trt_info.json": TRT_INFO_KEYS,
+        },
+    ),
+    # Audio2Emotion: NVIDIA's audio2emotion-models layout (single network, no identities)
+    "emotion": StandinKeys(
+        write=lambda out: generate_emotion(out, size="small"),
+        keys={
+            "model.json": frozenset({"networkInfoPath", "networkPath", "modelConfigPath"}),
+            "network_info.json": frozenset({"audio_params", "emotions"}),
+            "model_config.json": frozenset({"post_processing_config"}),
             "trt_info.json": TRT_INFO_KEYS,
         },
     ),
