@@ -22,7 +22,8 @@ import urllib.request
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from a2f_inference.client import build_requests, stream_audio, synthetic_speech
+from a2f_inference.audio import synthetic_speech
+from a2f_inference.client import build_requests, stream_audio
 from a2f_inference.proto_gen.nvidia_audio2face_3d import audio2face_pb2_grpc
 
 

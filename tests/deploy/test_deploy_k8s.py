@@ -150,7 +150,7 @@ def test_three_containers_share_the_volume_with_probes(rendered: dict[str, Path]
     # Liveness differs from readiness: an unready server (default model missing) is not
     # restarted.
     assert inference["livenessProbe"] != inference["readinessProbe"]
-    assert inference["livenessProbe"]["tcpSocket"]["port"] == "grpc"
+    assert inference["livenessProbe"]["grpc"] == {"port": 50051, "service": "liveness"}
     assert inference["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
     cm_name = inference["envFrom"][0]["configMapRef"]["name"]
     env = find(objs, "ConfigMap", cm_name)["data"]

@@ -82,8 +82,9 @@ def test_tls_component_mounts_the_secret_and_moves_probes_to_the_admin_listener(
     assert volume["secret"]["secretName"] == "a2f-grpc-server-tls"
     assert inference["startupProbe"]["grpc"]["port"] == 50052
     assert inference["readinessProbe"]["grpc"]["port"] == 50052
-    assert inference["livenessProbe"] == {"tcpSocket": {"port": 50051}, "periodSeconds": 15,
-                                          "timeoutSeconds": 5, "failureThreshold": 4}
+    assert inference["livenessProbe"] == {"grpc": {"port": 50052, "service": "liveness"},
+                                          "periodSeconds": 15, "timeoutSeconds": 5,
+                                          "failureThreshold": 4}
     # the admin port is declared but no NetworkPolicy rule admits it
     policy = find(objs, "NetworkPolicy", SERVER)["spec"]
     assert 50052 not in {p["port"] for rule in policy["ingress"] for p in rule["ports"]}

@@ -245,3 +245,32 @@ def test_stop_keeps_finished_streams_readable(make_runtime: RuntimeFactory) -> N
     frames = session.take_frames()
     assert len(frames) == 24 and session.done
     session.close()
+
+
+def test_a_stream_whose_windows_cannot_be_taken_fails_alone(make_runtime: RuntimeFactory,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """A bug in one stream's window preparation (here: take_work raising) fails that stream
+    with an INTERNAL error; the streams gathered with it still get every frame."""
+    rt = make_runtime("regression")
+    sched = BatchScheduler(rt, max_wait_s=0.05)
+    good = rt.open_stream(None, None, input_rate=16000)
+    bad = rt.open_stream(None, None, input_rate=16000)
+
+    def broken(max_count: int, out: object = None) -> None:
+        raise KeyError(250)
+
+    monkeypatch.setattr(bad, "take_work", broken)
+    try:
+        pcm = to_pcm16(speech_like(0.5))
+        for s in (bad, good):
+            s.push_audio(pcm)
+            s.end_of_audio()
+        sched.start()
+        assert len(drain(good)) == 15
+        with pytest.raises(Exception, match=r"inference failed .* KeyError"):
+            drain(bad)
+    finally:
+        good.close()
+        bad.close()
+        sched.stop()

@@ -21,6 +21,7 @@ from a2f_inference.proto_gen.nvidia_audio2face_3d import (
     a2x_export_config_pb2_grpc,
     audio2face_pb2_grpc,
 )
+from a2f_inference.protocol import LIVENESS_SERVICE
 from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.config_export import HIDDEN_PATH, relative_to_root
 from a2f_volume.errors import InvalidArgumentError
@@ -60,10 +61,10 @@ async def reflected_services(address: str) -> list[str]:
     return await asyncio.to_thread(call)
 
 
-async def health(address: str) -> int:
+async def health(address: str, service: str = "") -> int:
     async with grpc.aio.insecure_channel(address) as ch:
-        reply = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
-                                                            timeout=10)
+        reply = await health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=10)
         return int(reply.status)
 
 
@@ -110,6 +111,8 @@ def test_admin_listener_takes_admin_configs_and_reflection_off_the_public_port(
             "nvidia_ace.services.a2x_export_config.v1.A2XExportConfigService",
             "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"])
         assert run(health(admin)) == health_pb2.HealthCheckResponse.SERVING
+        # the Kubernetes tls component's liveness probe asks this port for "liveness"
+        assert run(health(admin, LIVENESS_SERVICE)) == health_pb2.HealthCheckResponse.SERVING
         with grpc.insecure_channel(admin) as ch:  # blocking API: see reflected_services
             with pytest.raises(grpc.RpcError) as err:
                 list(audio2face_pb2_grpc.A2FControllerServiceStub(ch).ProcessAudioStream(

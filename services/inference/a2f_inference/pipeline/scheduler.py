@@ -235,7 +235,14 @@ class BatchScheduler:
                     self._queued.discard(session)
                     waiting = len(self._queue)
                 share = max(1, (limit - total) // (waiting + 1))
-                item = session.take_work(share, views(buffers, total, share))
+                try:
+                    item = session.take_work(share, views(buffers, total, share))
+                except Exception as err:  # this stream alone fails; the batch goes on
+                    logger.exception("batch worker of %s: taking a stream's windows failed",
+                                     self.runtime.name)
+                    session.fail(err)
+                    session.signal_ready()
+                    continue
                 if item is None:
                     continue
                 item.batch_pos = total

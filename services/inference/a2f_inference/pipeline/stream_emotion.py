@@ -58,6 +58,7 @@ class StreamEmotions:
         self._on_advance = on_advance
         self._on_fail = on_fail
         self._lock = threading.Lock()
+        self._collect_lock = threading.Lock()
         self._has_keyframes = False
         self._inputs: list[tuple[float, dict[str, float]]] = []  # since the last aggregate
         self._face: dict[int, np.ndarray] = {}  # native frame -> face input row
@@ -126,15 +127,20 @@ class StreamEmotions:
 
     def _collect(self, stream: A2EStream) -> bool:
         """Take in the frames the track completed; True when something changed."""
-        got = stream.track.take_emotions()
-        finished = stream.track.finished
-        with self._lock:
-            for i in range(len(got.smoothed)):
-                self._a2e_out[got.first + i] = got.a2e_output[i]
-                self._smoothed[got.first + i] = got.smoothed[i]
-            self._done = max(self._done, got.first + len(got.smoothed))
-            changed = bool(len(got.smoothed)) or finished != self._finished
-            self._finished = finished
+        # Two threads collect (the reader's push_audio, the A2E worker): taking and storing
+        # are one step, so that frames are stored in the order they were taken and every
+        # frame below ``_done`` is known. (Not under ``_lock``: the track calls
+        # ``_preferred``, which takes ``_lock``, while it holds its own lock.)
+        with self._collect_lock:
+            got = stream.track.take_emotions()
+            finished = stream.track.finished
+            with self._lock:
+                for i in range(len(got.smoothed)):
+                    self._a2e_out[got.first + i] = got.a2e_output[i]
+                    self._smoothed[got.first + i] = got.smoothed[i]
+                self._done = max(self._done, got.first + len(got.smoothed))
+                changed = bool(len(got.smoothed)) or finished != self._finished
+                self._finished = finished
         return changed
 
     # -- what the face side may use -----------------------------------------------------------
@@ -215,11 +221,12 @@ class StreamEmotions:
             a2e = self._a2e_out.get(index)
             smoothed = self._face_at(lo, frac)
             # frames are packed in order and after their face input: what lies before this
-            # one is no longer needed
+            # one is no longer needed, except the last known A2E row (face frames past the
+            # end of the A2E frames reuse it, and they may be made after this one is sent)
             while self._face_low < lo:
                 self._face.pop(self._face_low, None)
                 self._face_low += 1
-            while self._out_low < index:
+            while self._out_low < min(index, self._done - 1):
                 self._a2e_out.pop(self._out_low, None)
                 self._smoothed.pop(self._out_low, None)
                 self._out_low += 1
