@@ -131,9 +131,11 @@ class StreamEmotions:
         # are one step, so that frames are stored in the order they were taken and every
         # frame below ``_done`` is known. (Not under ``_lock``: the track calls
         # ``_preferred``, which takes ``_lock``, while it holds its own lock.)
+        # ``finished`` is read first: once it is true every frame is in the take that follows
+        # (read after, a frame finished in between would be marked known without its row).
         with self._collect_lock:
-            got = stream.track.take_emotions()
             finished = stream.track.finished
+            got = stream.track.take_emotions()
             with self._lock:
                 for i in range(len(got.smoothed)):
                     self._a2e_out[got.first + i] = got.a2e_output[i]
@@ -165,8 +167,9 @@ class StreamEmotions:
             return units
         until = (cap - 1) / float(self.fps)  # latest time whose emotion is known
         k = first
-        while k < units and (clock.first_native(k) + clock.center - 1) / float(
-                clock.native_fps) <= until:
+        # warm-up frames (before t = 0) take the emotion at t = 0: frame 0 must be known
+        while k < units and max(0.0, (clock.first_native(k) + clock.center - 1) / float(
+                clock.native_fps)) <= until:
             k += 1
         return k
 
