@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,3 +326,19 @@ def test_the_private_rule_flags_each_form_and_spares_the_allowed_ones(tmp_path: 
     uses = private_uses(mod)
     assert [u.split(": ", 1)[1] for u in uses] == [
         "from a2f_volume.errors import _hidden", "a2f_volume.layout._secret", "other._theirs"]
+
+
+def test_the_module_map_of_the_inference_package_names_every_module() -> None:
+    """docs/architecture.md lists every module of ``pipeline/`` and ``server/``, and no module
+    that is gone."""
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    begin = "<!-- module map of pipeline/ and server/: begin -->"
+    end = "<!-- module map of pipeline/ and server/: end -->"
+    table = text[text.index(begin):text.index(end)]
+    listed = {f"{d}/{n}" for d, n in
+              re.findall(r"`(pipeline|server)/(\w+\.py)`", table)}
+    package = REPO / "services" / "inference" / "a2f_inference"
+    present = {f"{d}/{p.name}" for d in ("pipeline", "server")
+               for p in (package / d).glob("*.py") if p.name != "__init__.py"}
+    assert present - listed == set(), "modules missing from docs/architecture.md"
+    assert listed - present == set(), "docs/architecture.md names modules that are gone"
