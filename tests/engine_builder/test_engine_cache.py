@@ -256,3 +256,33 @@ def test_cache_url_is_checked() -> None:
             parse_cache_url(bad)
     proc = run_builder(Path("/nonexistent"), "--once", "--engine-cache", "gs://x/y")
     assert proc.returncode == 2 and "s3://BUCKET/PREFIX" in proc.stderr
+
+
+def test_a_diffusion_serving_graph_engine_is_shared_under_its_composition(
+        tmp_path: Path, s3: S3) -> None:
+    """A diffusion model is built as its composed serving graph: the cache key carries the
+    composition (not the ONNX hash alone), and the second builder verifies the download as a
+    serving graph and publishes it with the same composition."""
+    vols = []
+    for name in ("vol-a", "vol-b"):
+        root = tmp_path / name
+        root.mkdir()
+        make_model(root, "mark", kind="diffusion")
+        vols.append(root)
+    first, second = vols
+
+    rc, log = _cli(first, s3)
+    assert rc == 0, log
+    rec_a = _record(first)
+    assert rec_a["source"] == "build" and rec_a["serving_graph"], rec_a
+    rec_key, doc = _entry(s3)
+    assert not rec_key.startswith("a2f/engine-cache/onnxruntime/" + rec_a["onnx_sha256"])
+    assert doc["record"]["serving_graph"] == rec_a["serving_graph"]
+
+    rc, log = _cli(second, s3)
+    assert rc == 0, log
+    assert "Building ORT" not in log and "verified and installed" in log
+    rec_b = _record(second)
+    assert rec_b["source"] == "cache"
+    assert rec_b["serving_graph"] == rec_a["serving_graph"]
+    assert rec_b["engine_sha256"] == rec_a["engine_sha256"]
