@@ -18,40 +18,22 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from a2f_inference.pipeline.a2e_runtime import A2EStream, EmotionRuntime
 from a2f_inference.pipeline.a2e_track import advance_tracks
+from a2f_inference.pipeline.batching import BatchFill, BatchStats, SchedulerObserver
 from a2f_volume.errors import UnavailableError
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class A2EBatchStats:
-    """What one A2E batch did (for metrics)."""
-
-    size: int  # windows in the batch
-    streams: int  # streams in the batch
-    queue_wait_s: tuple[float, ...]  # per stream: from its windows being ready to the run
-    inference_s: float  # engine.run wall time
-    postprocess_s: float  # logits -> per-frame emotions, all streams of the batch
-
-
-class A2EObserver(Protocol):
-    """Optional metrics hook; called on the worker thread after every batch."""
-
-    def on_batch(self, stats: A2EBatchStats) -> None: ...
 
 
 class A2EScheduler:
     """Batches the ready A2E windows of every stream of one :class:`EmotionRuntime`."""
 
     def __init__(self, runtime: EmotionRuntime, *, max_batch: int | None = None,
-                 max_wait_s: float = 0.002, observer: A2EObserver | None = None) -> None:
+                 max_wait_s: float = 0.002, observer: SchedulerObserver | None = None) -> None:
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s {max_wait_s} must be >= 0")
         self.runtime = runtime
@@ -145,7 +127,7 @@ class A2EScheduler:
         """Ready windows of one batch: (stream, frames, windows, ready_at) per stream."""
         parts: dict[A2EStream, tuple[list[int], list[np.ndarray], float]] = {}
         total = 0
-        deadline: float | None = None
+        fill = BatchFill(self.max_wait_s)
         while True:
             while total < self.max_batch:
                 with self._cond:
@@ -165,20 +147,10 @@ class A2EScheduler:
                 total += len(frames)
                 if len(frames) == share:  # may have more: back of the queue
                     self.submit(stream)
-            if total >= self.max_batch or total == 0 or self.max_wait_s <= 0:
+            if not fill.wait_for_more(self._cond, self._queue, lambda: self._stopping,
+                                      total=total, limit=self.max_batch, streams=len(parts),
+                                      open_streams=lambda: self.runtime.open_streams):
                 break
-            if self.runtime.open_streams <= len(parts):
-                break  # nobody else could add a window
-            now = time.perf_counter()
-            if deadline is None:
-                deadline = now + self.max_wait_s
-            if now >= deadline:
-                break
-            with self._cond:
-                if not self._queue and not self._stopping:
-                    self._cond.wait(deadline - now)
-                if not self._queue:
-                    break
         return [(s, f, w[0] if len(w) == 1 else np.concatenate(w), r)
                 for s, (f, w, r) in parts.items()]
 
@@ -219,7 +191,7 @@ class A2EScheduler:
             stream.signal_ready()
         if self.observer is not None:
             try:
-                self.observer.on_batch(A2EBatchStats(
+                self.observer.on_batch(BatchStats(
                     size=row, streams=len(batch),
                     queue_wait_s=tuple(max(0.0, t0 - r) for *_x, r in batch),
                     inference_s=t_inf - t0, postprocess_s=t_end - t_inf))

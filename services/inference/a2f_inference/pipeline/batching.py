@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,6 +31,35 @@ class SchedulerObserver(Protocol):
     """Optional metrics hook; called on the worker thread after every batch."""
 
     def on_batch(self, stats: BatchStats) -> None: ...
+
+
+class BatchFill:
+    """The batch-fill wait of one gathering (the face and the A2E schedulers share it): once
+    a worker has some windows, it waits up to ``max_wait_s`` for other streams to queue
+    theirs, unless the batch is full or no other stream could add one."""
+
+    def __init__(self, max_wait_s: float) -> None:
+        self.max_wait_s = max_wait_s
+        self._deadline: float | None = None
+
+    def wait_for_more(self, cond: threading.Condition, queue: Sized,
+                      stopping: Callable[[], bool], *, total: int, limit: int,
+                      streams: int, open_streams: Callable[[], int]) -> bool:
+        """True when ``queue`` (guarded by ``cond``) holds more work to gather in time;
+        ``total`` windows from ``streams`` streams are gathered so far, ``limit`` at most."""
+        if total >= limit or total == 0 or self.max_wait_s <= 0:
+            return False
+        if open_streams() <= streams:
+            return False  # nobody else could add a window
+        now = time.perf_counter()
+        if self._deadline is None:
+            self._deadline = now + self.max_wait_s
+        if now >= self._deadline:
+            return False
+        with cond:
+            if not len(queue) and not stopping():
+                cond.wait(self._deadline - now)
+            return bool(len(queue))
 
 
 def new_buffers(specs: Iterable[TensorSpec], max_batch: int) -> dict[str, np.ndarray]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from a2f_inference.pipeline.batching import (
+    BatchFill,
     BatchStats,
     SchedulerObserver,
     batch_feeds,
@@ -224,7 +225,7 @@ class BatchScheduler:
         written into ``buffers`` where the inputs allow it. Under the gather lock."""
         by_session: dict[StreamSession, list[WorkItem]] = {}
         total = 0
-        deadline: float | None = None
+        fill = BatchFill(self.max_wait_s)
         limit = self._batch_limit()
         while True:
             while total < limit:
@@ -250,20 +251,10 @@ class BatchScheduler:
                 by_session.setdefault(session, []).append(item)
                 if item.count == share:  # may have more: back of the queue
                     self.submit(session)
-            if total >= limit or total == 0 or self.max_wait_s <= 0:
+            if not fill.wait_for_more(self._cond, self._queue, lambda: self._stopping,
+                                      total=total, limit=limit, streams=len(by_session),
+                                      open_streams=lambda: self.runtime.open_streams):
                 break
-            if self.runtime.open_streams <= len(by_session):
-                break  # nobody else could add a window
-            now = time.perf_counter()
-            if deadline is None:
-                deadline = now + self.max_wait_s
-            if now >= deadline:
-                break
-            with self._cond:
-                if not self._queue and not self._stopping:
-                    self._cond.wait(deadline - now)
-                if not self._queue:
-                    break
         return list(by_session.values())
 
     def _batch_limit(self) -> int:

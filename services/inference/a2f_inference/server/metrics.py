@@ -11,7 +11,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from a2f_inference.pipeline import BatchStats
-from a2f_inference.pipeline.a2e_scheduler import A2EBatchStats
 from a2f_inference.server.limits import LIMITS
 
 STREAM_RESULTS = ("success", "error", "cancelled")
@@ -195,7 +194,7 @@ class A2EBatchMetrics:
         self._infer = metrics.a2e_inference_time.labels(model)
         self._wait = metrics.a2e_queue_wait.labels(model)
 
-    def on_batch(self, stats: A2EBatchStats) -> None:
+    def on_batch(self, stats: BatchStats) -> None:
         self._size.observe(stats.size)
         self._streams.observe(stats.streams)
         self._infer.observe(stats.inference_s)
