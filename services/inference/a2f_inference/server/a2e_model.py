@@ -10,19 +10,19 @@ of deterministic windows through the scheduler's engine and checks the logits.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from a2f_engine.base import Engine
 from a2f_inference.pipeline.a2e_runtime import EmotionRuntime
 from a2f_inference.pipeline.a2e_scheduler import A2EScheduler
 from a2f_inference.server.config import ServerConfig
 from a2f_inference.server.engines import EngineChecker, model_max_batch
 from a2f_inference.server.metrics import A2EBatchMetrics, InferenceMetrics
+from a2f_inference.server.model import LoadedVersion
 from a2f_inference.server.warmup import WarmUpError, warmup_pcm
 from a2f_volume.emotion_folder import load_emotion_folder
 from a2f_volume.versions import current_version
@@ -30,28 +30,17 @@ from a2f_volume.versions import current_version
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class LoadedEmotion:
+@dataclass(kw_only=True)
+class LoadedEmotion(LoadedVersion):
     """One loaded version of an A2E folder (the admin service lists it with kind
     ``emotion``)."""
 
-    name: str
-    folder: Path
-    version: str
-    backend: str
-    fingerprint: str
+    label: ClassVar[str] = "A2E model"
+
     runtime: EmotionRuntime
     scheduler: A2EScheduler
-    engine: Engine
-    max_batch: int
-    lookahead_s: float = 0.0
     kind: str = "emotion"
     identities: tuple[str, ...] = ()
-    loaded_at: float = field(default_factory=time.time)
-    open_streams: int = 0
-    retired: bool = False
-    closed: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def warm_up(self) -> int:
         """One batch of windows of a deterministic voice through the engine; the number of
@@ -74,17 +63,6 @@ class LoadedEmotion:
         log.info("A2E model %s warmed up in %.2fs (%d windows)", self.name,
                  time.perf_counter() - t0, len(frames))
         return len(frames)
-
-    def close(self) -> None:
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = True
-        log.info("A2E model %s version %s: released", self.name, self.version)
-        try:
-            self.scheduler.stop()
-        finally:
-            self.engine.close()
 
 
 def load_emotion_model(folder: Path, config: ServerConfig,

@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Protocol
 
 from a2f_engine.base import Engine
 from a2f_inference.pipeline import BatchScheduler, ModelRuntime
@@ -28,19 +29,24 @@ from a2f_volume.versions import current_version
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class LoadedModel:
-    """One loaded version of one model folder."""
+class StoppableScheduler(Protocol):
+    """What releasing a version needs of its scheduler (face or A2E)."""
+
+    def stop(self) -> None: ...
+
+
+@dataclass(kw_only=True)
+class LoadedVersion:
+    """What every loaded version holds (face model or Audio2Emotion), and its release."""
+
+    label: ClassVar[str] = "model"  # for the log
 
     name: str
     folder: Path
     version: str
-    kind: str
-    identities: tuple[str, ...]
     backend: str
     fingerprint: str
-    runtime: ModelRuntime
-    scheduler: BatchScheduler
+    scheduler: StoppableScheduler
     engine: Engine
     max_batch: int
     lookahead_s: float = 0.0
@@ -50,20 +56,31 @@ class LoadedModel:
     closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def warm_up(self) -> int:
-        """:func:`~a2f_inference.server.warmup.warm_up_model` on this version."""
-        return warm_up_model(self)
-
     def close(self) -> None:
+        """Stop the scheduler, then free the engine (idempotent)."""
         with self._lock:
             if self.closed:
                 return
             self.closed = True
-        log.info("model %s version %s: released", self.name, self.version)
+        log.info("%s %s version %s: released", self.label, self.name, self.version)
         try:
             self.scheduler.stop()
         finally:
             self.engine.close()
+
+
+@dataclass(kw_only=True)
+class LoadedModel(LoadedVersion):
+    """One loaded version of one model folder."""
+
+    kind: str
+    identities: tuple[str, ...]
+    runtime: ModelRuntime
+    scheduler: BatchScheduler
+
+    def warm_up(self) -> int:
+        """:func:`~a2f_inference.server.warmup.warm_up_model` on this version."""
+        return warm_up_model(self)
 
 
 def load_model(folder: Path, config: ServerConfig, metrics: InferenceMetrics | None = None,
