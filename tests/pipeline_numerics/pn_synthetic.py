@@ -12,6 +12,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from a2f_standin.documents import MARK_CONFIG as STANDIN_MARK_CONFIG
 from a2f_volume.model_folder import (
     ARKIT_SKIN_NPZ_KEYS,
     EMOTIONS,
@@ -25,17 +26,8 @@ from a2f_volume.model_folder import (
     RegressionSpec,
 )
 
-MARK_CONFIG = {
-    "input_strength": 1.3, "upper_face_smoothing": 0.001, "lower_face_smoothing": 0.0023,
-    "upper_face_strength": 1.0, "lower_face_strength": 1.4, "face_mask_level": 0.6,
-    "face_mask_softness": 0.0085, "skin_strength": 1.1, "blink_strength": 1.0,
-    "eyelid_open_offset": 0.06, "lip_open_offset": -0.03, "tongue_strength": 1.5,
-    "tongue_height_offset": 0.2, "tongue_depth_offset": 0.13, "lower_teeth_strength": 1.3,
-    "lower_teeth_height_offset": -0.1, "lower_teeth_depth_offset": 0.0,
-    "eyeballs_strength": 1.0, "saccade_strength": 0.9, "right_eye_rot_x_offset": 0.0,
-    "right_eye_rot_y_offset": -2.0, "left_eye_rot_x_offset": 0.0, "left_eye_rot_y_offset": 2.0,
-    "eye_saccade_seed": 0.0, "blink_offset": 0.0,
-}  # fmt: skip
+# Mark's published post-processing values, as the stand-ins write them, plus the blink offset
+MARK_CONFIG = {**STANDIN_MARK_CONFIG, "blink_offset": 0.0}
 
 
 def _pairs(names: tuple[str, ...], left: str, right: str) -> np.ndarray:
